@@ -1,0 +1,5 @@
+"""`python -m service` is the `paxos-events` command."""
+
+from service.cli import main
+
+main()

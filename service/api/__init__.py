@@ -1,0 +1,1 @@
+"""Read and admin controllers, response schemas, and the HTTP error vocabulary."""

@@ -1,0 +1,70 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.datastructures import State
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.migrations import head_revision
+
+
+class Live(msgspec.Struct, frozen=True):
+    status: str
+
+
+class Backlog(msgspec.Struct, frozen=True):
+    pending: int
+    oldest_pending_age_s: float | None
+
+
+class Ready(msgspec.Struct, frozen=True):
+    status: str  # "ready" | "not_ready"
+    database: str  # "ok" | "unreachable"
+    migrations: str  # "current" | "behind" | "unknown"
+    fetch_backlog: Backlog | None = None
+
+
+_READY_QUERY = text(
+    """
+    SELECT (SELECT version_num FROM alembic_version LIMIT 1) AS revision,
+           (SELECT count(*) FROM events WHERE status = 'pending') AS pending,
+           (SELECT extract(epoch FROM now() - min(first_received_at))
+              FROM events WHERE status = 'pending') AS oldest
+    """
+)
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get("/live", summary="The process is up")
+    async def live(self) -> Live:
+        return Live("ok")
+
+    @get("/ready", summary="Database reachable and migrated; fetch backlog")
+    async def ready(self, request: Request[Any, Any, State]) -> Response[Ready]:
+        engine: AsyncEngine = request.app.state.engine
+        try:
+            async with asyncio.timeout(3), engine.connect() as conn:
+                migrated = await conn.scalar(text("SELECT to_regclass('alembic_version')"))
+                if migrated is None:
+                    return Response(Ready("not_ready", "ok", "behind"), status_code=503)
+                row = (await conn.execute(_READY_QUERY)).one()
+        except (SQLAlchemyError, OSError, TimeoutError):
+            return Response(Ready("not_ready", "unreachable", "unknown"), status_code=503)
+        current = row.revision == head_revision()
+        body = Ready(
+            "ready" if current else "not_ready",
+            "ok",
+            "current" if current else "behind",
+            Backlog(row.pending, float(row.oldest) if row.oldest is not None else None),
+        )
+        return Response(body, status_code=200 if current else 503)

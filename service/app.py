@@ -1,0 +1,104 @@
+"""The HTTP composition root: `create_app(settings)` assembles routes, resources and lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import __version__
+from service.api.events import EventController
+from service.api.health import HealthController
+from service.api.problems import EXCEPTION_HANDLERS
+from service.db import create_engine
+from service.settings import Settings, WebhookAuth
+from service.webhooks.auth import ApiKeyAuthenticator, Authenticator, OpenAuthenticator
+from service.webhooks.committer import GroupCommitter
+from service.webhooks.controller import webhook_handler
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: AsyncEngine | None = None,
+    http_client: httpx.AsyncClient | None = None,
+) -> Litestar:
+    """The service's ASGI app.
+
+    `engine` and `http_client` may be passed in (tests, `serve` sharing them with background
+    work); otherwise the lifespan creates them from `settings` and closes them on shutdown.
+    """
+    if settings.database_url is None and engine is None:
+        raise ValueError("create_app needs settings.database_url or an engine")
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        own_engine = engine is None
+        own_client = http_client is None
+        app_engine = engine or create_engine(settings.database_url or "")
+        client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        committer = GroupCommitter(app_engine)
+        try:
+            authenticator: Authenticator = await build_authenticator(settings, app_engine, client)
+            app.state.update(
+                settings=settings,
+                engine=app_engine,
+                http_client=client,
+                committer=committer,
+                authenticator=authenticator,
+            )
+            committer.start()
+            yield
+        finally:
+            await committer.stop()
+            if own_client:
+                await client.aclose()
+            if own_engine:
+                await app_engine.dispose()
+
+    return Litestar(
+        route_handlers=[
+            webhook_handler(settings.webhook_max_body_bytes),
+            EventController,
+            HealthController,
+        ],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        openapi_config=OpenAPIConfig(
+            title="Paxos Event Store",
+            version=__version__,
+            description="Durable intake of Paxos webhooks, the full events, and their history.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        debug=False,
+    )
+
+
+async def build_authenticator(
+    settings: Settings, engine: AsyncEngine, client: httpx.AsyncClient
+) -> Authenticator:
+    """The webhook authenticator that `WEBHOOK_AUTH` names."""
+    match settings.webhook_auth:
+        case WebhookAuth.API_KEY:
+            return ApiKeyAuthenticator(settings.webhook_api_key_header, settings.webhook_api_keys)
+        case WebhookAuth.OAUTH:
+            from service.webhooks.oauth import OAuthTokenAuthenticator, load_signing_key
+
+            return OAuthTokenAuthenticator(await load_signing_key(engine))
+        case WebhookAuth.JWT:
+            from service.webhooks.jwt import JwtAuthenticator
+
+            return JwtAuthenticator(
+                jwks_url=settings.webhook_jwt_jwks_url or "",
+                issuer=settings.webhook_jwt_issuer or "",
+                audience=settings.webhook_jwt_audience or "",
+                client=client,
+            )
+        case WebhookAuth.NONE:
+            return OpenAuthenticator()

@@ -1,0 +1,166 @@
+"""The command-line composition root: `paxos-events serve | migrate | ...`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from typing import NoReturn
+
+import click
+import structlog
+
+from service.settings import Settings, SettingsError, WebhookAuth
+
+log = structlog.get_logger(__name__)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"paxos-events: {message}", err=True)
+    sys.exit(2)
+
+
+def load_settings(*, demo: bool | None = False, check: bool = True) -> Settings:
+    """Settings from the environment, or exit with one line naming the bad one.
+
+    `demo=None` means "demo if no Paxos credentials are set" (what `serve` does).
+    """
+    try:
+        settings = Settings.from_env(os.environ)
+        if demo is None:
+            demo = not settings.has_paxos_credentials
+        if demo:
+            settings = _demo_defaults(settings)
+        if check:
+            settings.check(demo=demo)
+    except SettingsError as exc:
+        _fail(f"configuration error: {exc}")
+    from service.logs import configure
+
+    configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def _demo_defaults(settings: Settings) -> Settings:
+    """Fill in what a demo needs and a new user has not set: random tokens and keys."""
+    changes: dict[str, object] = {}
+    if not settings.api_read_tokens:
+        changes["api_read_tokens"] = (secrets.token_urlsafe(24),)
+    if not settings.api_admin_tokens:
+        changes["api_admin_tokens"] = (secrets.token_urlsafe(24),)
+    if settings.webhook_auth is WebhookAuth.API_KEY and not settings.webhook_api_keys:
+        changes["webhook_api_keys"] = (secrets.token_urlsafe(24),)
+    return settings.replace(**changes)
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded server's (started if needed) when it is unset."""
+    if settings.database_url:
+        return settings.database_url
+    from service.db import start_embedded_postgres
+
+    return start_embedded_postgres(settings.data_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="paxos-event-store", prog_name="paxos-events")
+def cli() -> None:
+    """Paxos Event Store: durable intake of Paxos webhooks and their full events."""
+
+
+@cli.command()
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Demo mode: fills in tokens and keys and prints them. "
+    "The default when no Paxos credentials are set.",
+)
+def serve(demo: bool) -> None:
+    """Run the HTTP service."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.db import create_engine
+    from service.migrations import upgrade
+
+    settings = load_settings(demo=True if demo else None)
+    demo = demo or not settings.has_paxos_credentials
+    url = database_url(settings)
+    if not settings.database_url:
+        # The embedded database is ours alone: keep it migrated.
+        async def migrate() -> None:
+            engine = create_engine(url, pool_size=1)
+            try:
+                await upgrade(engine)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(migrate())
+    settings = settings.replace(database_url=url)
+    if demo:
+        _print_demo_banner(settings)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+
+
+def _print_demo_banner(settings: Settings) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    read = settings.api_read_tokens[0]
+    lines = [
+        "",
+        f"Paxos Event Store (demo) on {base}",
+        f"  read token:  {read}",
+        f"  admin token: {settings.api_admin_tokens[0]}",
+    ]
+    if settings.webhook_auth is WebhookAuth.API_KEY:
+        key = settings.webhook_api_keys[0]
+        lines += [
+            f"  webhook key: {settings.webhook_api_key_header}: {key}",
+            "",
+            "Send a webhook:",
+            f"  curl -s {base}/webhooks/paxos -H 'Content-Type: application/json' "
+            f"-H '{settings.webhook_api_key_header}: {key}' -d '{{\"id\": \"'$(python3 -c "
+            '\'import uuid; print(uuid.uuid4())\')\'", "type": "identity.approved", '
+            '"source": "com.paxos", "time": "2026-01-07T14:30:02Z", "object": "event"}\'',
+        ]
+    lines += [
+        "",
+        "List events:",
+        f"  curl -s -H 'Authorization: Bearer {read}' '{base}/events?limit=10'",
+        "",
+    ]
+    # The banner is for the person at the terminal, not for the log stream.
+    click.echo("\n".join(lines), err=True)
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
+    from service.db import create_engine
+    from service.migrations import current_revision, upgrade
+
+    settings = load_settings(check=False)
+    url = database_url(settings)
+
+    async def run() -> str | None:
+        engine = create_engine(url, pool_size=1)
+        try:
+            await upgrade(engine)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    click.echo(f"database at revision {asyncio.run(run())}")
+
+
+def main() -> None:
+    cli(prog_name="paxos-events")

@@ -1,0 +1,62 @@
+"""The thin webhook notification Paxos POSTs, and its strict decoding."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+# Paxos types are dotted lower-case words (`identity.kyc_refresh.started`); new ones appear
+# without notice, so accept any printable ASCII name rather than a fixed list.
+EventType = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,200}$")]
+# RFC 3339 requires an offset; a naive time would be guesswork.
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class Notification(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """A Paxos webhook body: six fields, unsigned, a pointer to the real event."""
+
+    id: uuid.UUID
+    type: EventType
+    source: Literal["com.paxos"]
+    time: AwareDatetime
+    object: Literal["event"]
+    # Older deliveries have no is_test: Paxos says to read it as false.
+    is_test: bool = False
+
+
+class NotJSON(ValueError):
+    """The body is not JSON at all (HTTP 400)."""
+
+
+class NotANotification(ValueError):
+    """The body is JSON but not a notification (HTTP 422); the message names the field."""
+
+
+_decoder = msgspec.json.Decoder(Notification)
+
+
+def decode_notification(body: bytes) -> Notification:
+    """Decode and validate a webhook body, or raise `NotJSON` / `NotANotification`."""
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        # Validation stops at the first wrong field, before the end of the body: make sure the
+        # body is JSON at all before calling it a bad notification.
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError as syntax:
+            raise NotJSON(f"body is not valid JSON: {syntax}") from None
+        raise NotANotification(_describe(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise NotJSON(f"body is not valid JSON: {exc}") from None
+
+
+def _describe(message: str) -> str:
+    # msgspec says "Expected `str`, got `int` - at `$.type`"; put the field first.
+    if " - at `$." in message:
+        what, _, where = message.partition(" - at `$.")
+        return f"{where.rstrip('`')}: {what}"
+    return message

@@ -1,0 +1,47 @@
+"""Apply and check Alembic migrations from inside the service (CLI, tests, embedded start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """The project's Alembic config, bound to `connection` when given."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["configure_logger"] = False
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Migrate the database behind `engine` to `revision`, in one transaction per migration."""
+    async with engine.connect() as conn:
+        await conn.run_sync(lambda c: command.upgrade(alembic_config(c), revision))
+        await conn.commit()
+
+
+async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
+    async with engine.connect() as conn:
+        await conn.run_sync(lambda c: command.downgrade(alembic_config(c), revision))
+        await conn.commit()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at, or None before the first migration."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())

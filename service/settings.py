@@ -1,0 +1,262 @@
+"""Typed settings, read once from the environment and validated before anything starts.
+
+Every setting of DESIGN.md §4 is a field here. `Settings.from_env` turns the environment into
+a `Settings` or raises `SettingsError` with one line that names the offending variable; the CLI
+prints that line and exits. Secrets are kept out of `repr` so a stray log of the settings
+cannot leak them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message is one line that names it."""
+
+
+class WebhookAuth(enum.StrEnum):
+    API_KEY = "api_key"
+    OAUTH = "oauth"
+    JWT = "jwt"
+    NONE = "none"
+
+
+class LogFormat(enum.StrEnum):
+    CONSOLE = "console"
+    JSON = "json"
+
+
+SANDBOX_API_URL = "https://api.sandbox.paxos.com/v2"
+SANDBOX_TOKEN_URL = "https://oauth.sandbox.paxos.com/oauth2/token"  # noqa: S105 - a URL
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _secret() -> Any:
+    return field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The service's configuration; tests build it directly, the CLI from the environment."""
+
+    database_url: str | None = field(default=None, repr=False)
+    data_dir: Path = Path(".data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    webhook_auth: WebhookAuth = WebhookAuth.API_KEY
+    webhook_api_key_header: str = "X-Api-Key"
+    webhook_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    webhook_oauth_client_id: str | None = None
+    webhook_oauth_client_secret: str | None = _secret()
+    webhook_oauth_token_ttl_s: int = 3600
+    webhook_jwt_jwks_url: str | None = None
+    webhook_jwt_issuer: str | None = None
+    webhook_jwt_audience: str | None = None
+    webhook_max_body_bytes: int = 65536
+
+    paxos_api_url: str = SANDBOX_API_URL
+    paxos_token_url: str = SANDBOX_TOKEN_URL
+    paxos_client_id: str | None = None
+    paxos_client_secret: str | None = _secret()
+    paxos_scope: str = "events:read_event"
+    paxos_api_rps: float = 10.0
+
+    api_read_tokens: tuple[str, ...] = field(default=(), repr=False)
+    api_admin_tokens: tuple[str, ...] = field(default=(), repr=False)
+
+    reconcile_interval_s: int = 300
+    reconcile_lookback_s: int = 86400
+
+    log_level: str = "info"
+    log_format: LogFormat = LogFormat.CONSOLE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read every setting from `env`; raise `SettingsError` naming the first bad one.
+
+        Each value is checked alone here; `check` then checks the ones that go together.
+        """
+        r = _Reader(env)
+        settings = cls(
+            database_url=r.get("DATABASE_URL", _database_url, None),
+            data_dir=r.get("DATA_DIR", _path, Path(".data")),
+            host=r.get("HOST", _nonempty, "127.0.0.1"),
+            port=r.get("PORT", _int_in(1, 65535), 8000),
+            webhook_auth=r.get("WEBHOOK_AUTH", _choice(WebhookAuth), WebhookAuth.API_KEY),
+            webhook_api_key_header=r.get("WEBHOOK_API_KEY_HEADER", _header_name, "X-Api-Key"),
+            webhook_api_keys=r.get("WEBHOOK_API_KEYS", _csv, ()),
+            webhook_oauth_client_id=r.get("WEBHOOK_OAUTH_CLIENT_ID", _nonempty, None),
+            webhook_oauth_client_secret=r.get("WEBHOOK_OAUTH_CLIENT_SECRET", _nonempty, None),
+            webhook_oauth_token_ttl_s=r.get("WEBHOOK_OAUTH_TOKEN_TTL_S", _int_in(60, 86400), 3600),
+            webhook_jwt_jwks_url=r.get("WEBHOOK_JWT_JWKS_URL", _http_url, None),
+            webhook_jwt_issuer=r.get("WEBHOOK_JWT_ISSUER", _nonempty, None),
+            webhook_jwt_audience=r.get("WEBHOOK_JWT_AUDIENCE", _nonempty, None),
+            webhook_max_body_bytes=r.get("WEBHOOK_MAX_BODY_BYTES", _int_in(256, 10_485_760), 65536),
+            paxos_api_url=r.get("PAXOS_API_URL", _http_url, SANDBOX_API_URL),
+            paxos_token_url=r.get("PAXOS_TOKEN_URL", _http_url, SANDBOX_TOKEN_URL),
+            paxos_client_id=r.get("PAXOS_CLIENT_ID", _nonempty, None),
+            paxos_client_secret=r.get("PAXOS_CLIENT_SECRET", _nonempty, None),
+            paxos_scope=r.get("PAXOS_SCOPE", _nonempty, "events:read_event"),
+            paxos_api_rps=r.get("PAXOS_API_RPS", _float_in(0.1, 1000.0), 10.0),
+            api_read_tokens=r.get("API_READ_TOKENS", _csv, ()),
+            api_admin_tokens=r.get("API_ADMIN_TOKENS", _csv, ()),
+            reconcile_interval_s=r.get("RECONCILE_INTERVAL_S", _int_in(1, 86400), 300),
+            reconcile_lookback_s=r.get("RECONCILE_LOOKBACK_S", _int_in(0, 30 * 86400), 86400),
+            log_level=r.get("LOG_LEVEL", _choice_str(LOG_LEVELS), "info"),
+            log_format=r.get("LOG_FORMAT", _choice(LogFormat), LogFormat.CONSOLE),
+        )
+        return settings
+
+    def check(self, *, demo: bool = False) -> None:
+        """Check the settings that only make sense together; raise `SettingsError` if not."""
+        auth = self.webhook_auth
+        if auth is WebhookAuth.API_KEY and not self.webhook_api_keys:
+            raise SettingsError(
+                "WEBHOOK_API_KEYS: required when WEBHOOK_AUTH=api_key "
+                "(comma-separated accepted keys)"
+            )
+        if auth is WebhookAuth.OAUTH:
+            for name, value in (
+                ("WEBHOOK_OAUTH_CLIENT_ID", self.webhook_oauth_client_id),
+                ("WEBHOOK_OAUTH_CLIENT_SECRET", self.webhook_oauth_client_secret),
+            ):
+                if not value:
+                    raise SettingsError(f"{name}: required when WEBHOOK_AUTH=oauth")
+        if auth is WebhookAuth.JWT:
+            for name, value in (
+                ("WEBHOOK_JWT_JWKS_URL", self.webhook_jwt_jwks_url),
+                ("WEBHOOK_JWT_ISSUER", self.webhook_jwt_issuer),
+                ("WEBHOOK_JWT_AUDIENCE", self.webhook_jwt_audience),
+            ):
+                if not value:
+                    raise SettingsError(f"{name}: required when WEBHOOK_AUTH=jwt")
+        if auth is WebhookAuth.NONE and not demo:
+            raise SettingsError(
+                "WEBHOOK_AUTH: 'none' accepts webhooks from anyone and is only allowed with --demo"
+            )
+        if bool(self.paxos_client_id) != bool(self.paxos_client_secret):
+            raise SettingsError(
+                "PAXOS_CLIENT_SECRET: PAXOS_CLIENT_ID and PAXOS_CLIENT_SECRET go together"
+            )
+        if overlap := set(self.api_read_tokens) & set(self.api_admin_tokens):
+            del overlap  # never echo a token
+            raise SettingsError(
+                "API_ADMIN_TOKENS: a token is listed in both API_READ_TOKENS and API_ADMIN_TOKENS"
+            )
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied (tests and the demo use it)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def has_paxos_credentials(self) -> bool:
+        return bool(self.paxos_client_id and self.paxos_client_secret)
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+
+
+def _nonempty(raw: str) -> str:
+    return raw
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be a whole number from {low} to {high}, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number from {low:g} to {high:g}, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low:g} to {high:g}, got {value:g}")
+        return value
+
+    return parse
+
+
+def _choice(kind: type[enum.StrEnum]) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            return kind(raw.lower())
+        except ValueError:
+            allowed = ", ".join(m.value for m in kind)
+            raise ValueError(f"must be one of {allowed}, got {raw!r}") from None
+
+    return parse
+
+
+def _choice_str(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {raw!r}")
+        return raw.lower()
+
+    return parse
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in raw.split(","))
+    if any(not v for v in values):
+        raise ValueError("has an empty entry (comma-separated values, none empty)")
+    return values
+
+
+_HEADER_CHARS = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _header_name(raw: str) -> str:
+    if not set(raw) <= _HEADER_CHARS:
+        raise ValueError(f"is not a valid HTTP header name: {raw!r}")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _database_url(raw: str) -> str:
+    # Never echo the URL: it may carry a password.
+    scheme = urlsplit(raw).scheme
+    if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        raise ValueError("must be a postgresql:// URL")
+    return raw

@@ -1,0 +1,1 @@
+"""Tables, journal appends and event queries. Stores may flush, never commit."""

@@ -1,0 +1,90 @@
+"""Record webhook notifications: one statement for a whole batch, idempotent by event id."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.events.notification import Notification
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One distinct notification of a batch, with how many times it was delivered in it."""
+
+    notification: Notification
+    body: str  # the JSON body exactly as received
+    deliveries: int = 1
+
+
+# One round trip records the whole batch:
+# - `events` gets a row per new id; a known id only gets `deliveries` and `last_received_at`
+#   bumped (ON CONFLICT ... DO UPDATE, so concurrent duplicates wait on the row lock instead
+#   of failing). `xmax = 0` on the returned row tells an insert from a conflict-update.
+# - the journal gets the notification, for new ids only; ON CONFLICT DO NOTHING keeps it
+#   append-only and idempotent even if two processes race.
+# Rows go in event_id order so two concurrent batches lock rows in the same order and cannot
+# deadlock.
+# A webhook for an event first learned from List Events marks it as delivered by webhook.
+_RECORD = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:sources AS text[]),
+            CAST(:times AS timestamptz[]), CAST(:objects AS text[]), CAST(:is_tests AS bool[]),
+            CAST(:deliveries AS int[]), CAST(:bodies AS text[])
+        ) AS t(event_id, type, source, time, object, is_test, deliveries, body)
+    ),
+    upserted AS (
+        INSERT INTO events AS e (
+            event_id, type, source, time, object, is_test, deliveries,
+            first_received_at, last_received_at, next_attempt_at
+        )
+        SELECT event_id, type, source, time, object, is_test, deliveries,
+               clock_timestamp(), clock_timestamp(), now()
+        FROM input ORDER BY event_id
+        ON CONFLICT (event_id) DO UPDATE SET
+            deliveries = e.deliveries + excluded.deliveries,
+            last_received_at = excluded.last_received_at,
+            first_received_at = coalesce(e.first_received_at, excluded.first_received_at),
+            via = 'webhook'
+        RETURNING e.event_id, (e.xmax = 0) AS inserted
+    ),
+    appended AS (
+        INSERT INTO journal (event_id, kind, body)
+        SELECT i.event_id, 'notification', CAST(i.body AS json)
+        FROM input i JOIN upserted u ON u.event_id = i.event_id
+        WHERE u.inserted
+        ORDER BY i.event_id
+        ON CONFLICT (event_id, kind) DO NOTHING
+    )
+    SELECT event_id, inserted,
+           CASE WHEN bool_or(inserted) OVER () THEN pg_notify('events_pending', '') END
+    FROM upserted
+    """
+)
+
+
+async def record_notifications(
+    conn: AsyncConnection, batch: Sequence[Received]
+) -> dict[uuid.UUID, bool]:
+    """Record `batch` (distinct ids); return for each id whether it was new. Does not commit."""
+    rows = sorted(batch, key=lambda r: r.notification.id)
+    result = await conn.execute(
+        _RECORD,
+        {
+            "ids": [r.notification.id for r in rows],
+            "types": [r.notification.type for r in rows],
+            "sources": [r.notification.source for r in rows],
+            "times": [r.notification.time for r in rows],
+            "objects": [r.notification.object for r in rows],
+            "is_tests": [r.notification.is_test for r in rows],
+            "deliveries": [r.deliveries for r in rows],
+            "bodies": [r.body for r in rows],
+        },
+    )
+    return {row.event_id: row.inserted for row in result}

@@ -1,0 +1,138 @@
+"""The schema: the append-only journal, the events it is summarised into, and service state.
+
+Concurrency and integrity rules live here, each with a comment saying what breaks without it.
+Migrations in `migrations/versions/` create exactly this; a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSON, JSONB
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.types import UserDefinedType
+
+
+class XID8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (`pg_current_xact_id()`), which never wraps around."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "xid8"
+
+
+# Reflection (alembic check) must know the type too.
+ischema_names["xid8"] = XID8
+
+# A naming convention from the first migration on, so constraints have predictable names
+# that later migrations can drop or alter.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+JOURNAL_KINDS = ("notification", "event")
+EVENT_STATUSES = ("pending", "fetched", "failed", "not_found")
+EVENT_VIAS = ("webhook", "list_events")
+
+journal = Table(
+    "journal",
+    metadata,
+    # Assigned at insert, so NOT commit order: readers must not follow it alone (see xid).
+    Column("position", BigInteger, Identity(always=True), primary_key=True),
+    Column("event_id", Uuid, nullable=False),
+    Column("kind", Text, nullable=False),
+    # The writing transaction's id. Rows become visible in commit order, not position order;
+    # a reader that takes only rows with xid below the oldest running transaction
+    # (pg_snapshot_xmin) and orders by (xid, position) never skips a late-committing row.
+    Column("xid", XID8(), nullable=False, server_default=text("pg_current_xact_id()")),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # `json`, not `jsonb`: it keeps the bytes exactly as received (the evidence auditors
+    # hash), and accepts \u0000 escapes that jsonb refuses.
+    Column("body", JSON(none_as_null=True), nullable=False),
+    # One row per fact learned; a second delivery or a second fetch adds nothing.
+    UniqueConstraint("event_id", "kind"),
+    CheckConstraint(f"kind IN {JOURNAL_KINDS!r}", name="kind"),
+)
+Index("ix_journal_xid_position", journal.c.xid, journal.c.position)
+
+events = Table(
+    "events",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    # The notification's fields, as received.
+    Column("type", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("object", Text, nullable=False),
+    Column("is_test", Boolean, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("via", Text, nullable=False, server_default="webhook"),
+    Column("deliveries", Integer, nullable=False, server_default="0"),
+    Column("first_received_at", DateTime(timezone=True), nullable=True),
+    Column("last_received_at", DateTime(timezone=True), nullable=True),
+    # The fetch queue: due when pending and next_attempt_at has passed; a worker's claim is a
+    # lease that expires, so a crashed worker's events come back on their own.
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    # What the full event (Get Event) adds.
+    Column("fetched_at", DateTime(timezone=True), nullable=True),
+    Column("identity_id", Text, nullable=True),
+    Column("object_type", Text, nullable=True),
+    Column("undelivered_webhooks", Integer, nullable=True),
+    Column("detail", JSONB(none_as_null=True), nullable=True),
+    CheckConstraint(f"status IN {EVENT_STATUSES!r}", name="status"),
+    CheckConstraint(f"via IN {EVENT_VIAS!r}", name="via"),
+)
+# Every /events listing orders by (time, event_id); each filter has an index that yields rows
+# already in that order, so a page is an index range scan however deep the cursor.
+Index("ix_events_time_event_id", events.c.time, events.c.event_id)
+Index("ix_events_type_time_event_id", events.c.type, events.c.time, events.c.event_id)
+Index("ix_events_is_test_time_event_id", events.c.is_test, events.c.time, events.c.event_id)
+Index("ix_events_status_time_event_id", events.c.status, events.c.time, events.c.event_id)
+Index(
+    "ix_events_identity_id_time_event_id",
+    events.c.identity_id,
+    events.c.time,
+    events.c.event_id,
+    postgresql_where=events.c.identity_id.isnot(None),
+)
+# The fetch queue's claim scans only what is due.
+Index(
+    "ix_events_pending_next_attempt_at",
+    events.c.next_attempt_at,
+    postgresql_where=events.c.status == "pending",
+)
+
+# Keys that must be the same in every process of a deployment (the signing key of the OAuth
+# tokens we issue): created once on first start, read by every process.
+service_keys = Table(
+    "service_keys",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)

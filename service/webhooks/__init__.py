@@ -1,0 +1,1 @@
+"""Webhook intake: the controller, sender authentication, and group commit."""
