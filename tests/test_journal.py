@@ -1,0 +1,69 @@
+"""The journal is append-only: the database itself refuses UPDATE, DELETE and TRUNCATE."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.store.tables import journal
+
+
+async def append(engine: AsyncEngine, event_id: uuid.UUID, kind: str = "notification") -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(journal).values(event_id=event_id, kind=kind, body={"id": 1}))
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE journal SET body = '{}'::json",
+        "UPDATE journal SET kind = 'event'",
+        "DELETE FROM journal",
+        "TRUNCATE journal",
+    ],
+)
+async def test_changing_the_journal_is_refused(engine: AsyncEngine, statement: str) -> None:
+    event_id = uuid.uuid4()
+    await append(engine, event_id)
+    with pytest.raises(DBAPIError, match="the journal is append-only"):
+        async with engine.begin() as conn:
+            await conn.execute(text(statement))
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(journal))).one()
+    assert (row.event_id, row.kind, row.body) == (event_id, "notification", {"id": 1})
+
+
+async def test_one_row_per_event_and_kind(engine: AsyncEngine) -> None:
+    event_id = uuid.uuid4()
+    await append(engine, event_id, "notification")
+    await append(engine, event_id, "event")
+    with pytest.raises(IntegrityError, match="uq_journal_event_id_kind"):
+        await append(engine, event_id, "notification")
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(journal)) == 2
+
+
+async def test_unknown_kinds_are_refused(engine: AsyncEngine) -> None:
+    with pytest.raises(IntegrityError, match="ck_journal_kind"):
+        await append(engine, uuid.uuid4(), "rumour")
+
+
+async def test_rows_carry_their_transaction_id_for_gap_safe_reading(engine: AsyncEngine) -> None:
+    await append(engine, uuid.uuid4())
+    await append(engine, uuid.uuid4())
+    async with engine.connect() as conn:
+        xids = (
+            (await conn.execute(text("SELECT xid::text::bigint FROM journal ORDER BY position")))
+            .scalars()
+            .all()
+        )
+        horizon = await conn.scalar(
+            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        )
+    assert len(xids) == 2 and xids[0] < xids[1]
+    # Both committed, so both are below the visibility horizon a gap-safe reader uses.
+    assert max(xids) < horizon

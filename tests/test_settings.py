@@ -1,0 +1,187 @@
+"""Settings: every variable of DESIGN.md §4, validated, and a bad one named in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings, SettingsError, WebhookAuth
+
+ROOT = Path(__file__).resolve().parent.parent
+VALID = {"WEBHOOK_API_KEYS": "k1"}
+
+
+def env_names() -> list[str]:
+    return [f.name.upper() for f in dataclasses.fields(Settings)]
+
+
+def test_defaults_match_the_design() -> None:
+    s = Settings.from_env(VALID)
+    assert s.database_url is None
+    assert s.data_dir == Path(".data")
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+    assert s.webhook_auth is WebhookAuth.API_KEY
+    assert s.webhook_api_key_header == "X-Api-Key"
+    assert s.webhook_oauth_token_ttl_s == 3600
+    assert s.webhook_max_body_bytes == 65536
+    assert s.paxos_api_url == "https://api.sandbox.paxos.com/v2"
+    assert s.paxos_token_url == "https://oauth.sandbox.paxos.com/oauth2/token"
+    assert s.paxos_scope == "events:read_event"
+    assert s.paxos_api_rps == 10
+    assert (s.reconcile_interval_s, s.reconcile_lookback_s) == (300, 86400)
+    assert (s.log_level, s.log_format.value) == ("info", "console")
+    s.check()
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        "DATABASE_URL": "postgresql://u:p@db:5432/x",
+        "DATA_DIR": "/srv/paxos",
+        "HOST": "10.1.2.3",
+        "PORT": "9000",
+        "WEBHOOK_AUTH": "oauth",
+        "WEBHOOK_API_KEY_HEADER": "X-Paxos-Key",
+        "WEBHOOK_API_KEYS": "a, b ,c",
+        "WEBHOOK_OAUTH_CLIENT_ID": "cid",
+        "WEBHOOK_OAUTH_CLIENT_SECRET": "csecret",
+        "WEBHOOK_OAUTH_TOKEN_TTL_S": "600",
+        "WEBHOOK_JWT_JWKS_URL": "https://idp.example/jwks.json",
+        "WEBHOOK_JWT_ISSUER": "https://idp.example/",
+        "WEBHOOK_JWT_AUDIENCE": "paxos",
+        "WEBHOOK_MAX_BODY_BYTES": "1024",
+        "PAXOS_API_URL": "https://api.paxos.com/v2/",
+        "PAXOS_TOKEN_URL": "https://oauth.paxos.com/oauth2/token",
+        "PAXOS_CLIENT_ID": "pid",
+        "PAXOS_CLIENT_SECRET": "psecret",
+        "PAXOS_SCOPE": "events:read_event other",
+        "PAXOS_API_RPS": "50",
+        "API_READ_TOKENS": "r1,r2",
+        "API_ADMIN_TOKENS": "a1",
+        "RECONCILE_INTERVAL_S": "60",
+        "RECONCILE_LOOKBACK_S": "3600",
+        "LOG_LEVEL": "DEBUG",
+        "LOG_FORMAT": "json",
+    }
+    assert sorted(env) == sorted(env_names())
+    s = Settings.from_env(env)
+    s.check()
+    assert s.port == 9000
+    assert s.webhook_api_keys == ("a", "b", "c")
+    assert s.paxos_api_url == "https://api.paxos.com/v2"
+    assert s.paxos_api_rps == 50.0
+    assert s.api_read_tokens == ("r1", "r2")
+    assert s.log_level == "debug"
+    assert s.data_dir == Path("/srv/paxos")
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"WEBHOOK_AUTH": "basic"}, "WEBHOOK_AUTH"),
+        ({"WEBHOOK_API_KEY_HEADER": "X Api Key"}, "WEBHOOK_API_KEY_HEADER"),
+        ({"WEBHOOK_API_KEYS": "a,,b"}, "WEBHOOK_API_KEYS"),
+        ({"WEBHOOK_MAX_BODY_BYTES": "-1"}, "WEBHOOK_MAX_BODY_BYTES"),
+        ({"PAXOS_API_URL": "ftp://x"}, "PAXOS_API_URL"),
+        ({"PAXOS_API_RPS": "fast"}, "PAXOS_API_RPS"),
+        ({"PAXOS_API_RPS": "0"}, "PAXOS_API_RPS"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"RECONCILE_INTERVAL_S": "0"}, "RECONCILE_INTERVAL_S"),
+    ],
+)
+def test_a_wrong_value_is_named(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({**VALID, **env})
+    message = str(raised.value)
+    assert message.startswith(f"{names}: ")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({}, "WEBHOOK_API_KEYS"),
+        ({"WEBHOOK_AUTH": "oauth"}, "WEBHOOK_OAUTH_CLIENT_ID"),
+        ({"WEBHOOK_AUTH": "oauth", "WEBHOOK_OAUTH_CLIENT_ID": "c"}, "WEBHOOK_OAUTH_CLIENT_SECRET"),
+        ({"WEBHOOK_AUTH": "jwt"}, "WEBHOOK_JWT_JWKS_URL"),
+        (
+            {
+                "WEBHOOK_AUTH": "jwt",
+                "WEBHOOK_JWT_JWKS_URL": "https://i/j",
+                "WEBHOOK_JWT_ISSUER": "i",
+            },
+            "WEBHOOK_JWT_AUDIENCE",
+        ),
+        ({"WEBHOOK_AUTH": "none"}, "WEBHOOK_AUTH"),
+        ({"WEBHOOK_API_KEYS": "k", "PAXOS_CLIENT_ID": "x"}, "PAXOS_CLIENT_SECRET"),
+        (
+            {"WEBHOOK_API_KEYS": "k", "API_READ_TOKENS": "t", "API_ADMIN_TOKENS": "t"},
+            "API_ADMIN_TOKENS",
+        ),
+    ],
+)
+def test_settings_that_go_together_are_checked(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{names}: "):
+        Settings.from_env(env).check()
+
+
+def test_auth_none_is_allowed_only_in_demo() -> None:
+    s = Settings.from_env({"WEBHOOK_AUTH": "none"})
+    s.check(demo=True)
+    with pytest.raises(SettingsError, match="only allowed with --demo"):
+        s.check()
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    s = Settings(
+        database_url="postgresql://u:dbpass@h/x",
+        webhook_api_keys=("key-123",),
+        webhook_oauth_client_secret="oauth-secret",
+        paxos_client_secret="paxos-secret",
+        api_read_tokens=("read-tok",),
+        api_admin_tokens=("admin-tok",),
+    )
+    text = repr(s)
+    for secret in ("dbpass", "key-123", "oauth-secret", "paxos-secret", "read-tok", "admin-tok"):
+        assert secret not in text
+
+
+def test_a_bad_setting_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "PAXOS_"))}
+    env.update(
+        PORT="eighty",
+        DATA_DIR=str(tmp_path),
+        PAXOS_CLIENT_ID="x",
+        PAXOS_CLIENT_SECRET="y",
+        WEBHOOK_API_KEYS="k",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "paxos-events: configuration error: PORT: must be a whole number from 1 to 65535, "
+        "got 'eighty'"
+    ]
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", section))
+    assert set(env_names()) <= documented
