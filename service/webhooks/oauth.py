@@ -1,0 +1,292 @@
+"""WEBHOOK_AUTH=oauth: our own RFC 6749 client-credentials endpoint and the tokens it issues.
+
+Paxos's OAuth option POSTs `grant_type=client_credentials` to `/oauth/token` with the client
+id and secret we gave it, then sends the token it got as `Authorization: Bearer <token>` on
+every webhook. The tokens are self-contained JWTs (HS256) signed with a key kept in the
+database (`service_keys`), so a token issued by one `serve` process is valid on every other
+one and survives restarts; nothing about issued tokens lives only in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote_plus
+
+import jwt
+import msgspec
+import structlog
+from litestar import Controller, Request, Response, post
+from litestar.datastructures import State
+from litestar.exceptions import InternalServerException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.api.problems import Problem, Unauthenticated
+from service.settings import Settings, WebhookAuth
+from service.store.tables import service_keys
+from service.webhooks.auth import bearer_token, matches_any
+
+log = structlog.get_logger(__name__)
+
+SIGNING_KEY_NAME = "oauth_token_signing"
+ISSUER = "paxos-event-store"
+AUDIENCE = "paxos-webhooks"
+REALM = "paxos-webhooks"
+# A token request is a few short form fields; anything near this size is not one.
+TOKEN_REQUEST_MAX_BYTES = 8192
+# Processes of one deployment may run on machines whose clocks differ by a little.
+CLOCK_LEEWAY_S = 30
+
+_FORM = "application/x-www-form-urlencoded"
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_encoder = msgspec.json.Encoder()
+
+
+async def load_signing_key(engine: AsyncEngine) -> bytes:
+    """The HMAC key of the tokens we issue: created on first start, then shared by every process.
+
+    Concurrent first starts are safe: the loser's insert waits for the winner's commit and
+    does nothing, and its select (a new snapshot under READ COMMITTED) then sees the winner's key.
+    """
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(service_keys)
+            .values(name=SIGNING_KEY_NAME, secret=secrets.token_bytes(32))
+            .on_conflict_do_nothing(index_elements=[service_keys.c.name])
+        )
+        key = await conn.scalar(
+            select(service_keys.c.secret).where(service_keys.c.name == SIGNING_KEY_NAME)
+        )
+    if not key:
+        raise RuntimeError(f"service_keys has no usable {SIGNING_KEY_NAME!r} row")
+    return bytes(key)
+
+
+class OAuthTokenAuthenticator:
+    """Bearer tokens that our `/oauth/token` issued: HS256 JWTs signed with the database key.
+
+    Issuing and verifying live together so the claims checked are always the claims written.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def issue(self, client_id: str, ttl_s: int) -> str:
+        """A new access token for `client_id`, valid for `ttl_s` seconds."""
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": client_id,
+            "iat": now,
+            "exp": now + ttl_s,
+            "jti": secrets.token_urlsafe(16),
+        }
+        return jwt.encode(claims, self._key, algorithm="HS256")
+
+    async def authenticate(self, headers: Mapping[str, str]) -> None:
+        token = bearer_token(headers)
+        if token is None:
+            raise Unauthenticated("missing bearer token", scheme=f'Bearer realm="{REALM}"')
+        try:
+            # Only HS256: the algorithm comes from us, never from the token's header.
+            jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                issuer=ISSUER,
+                audience=AUDIENCE,
+                leeway=CLOCK_LEEWAY_S,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _invalid_token("token expired") from None
+        except jwt.InvalidTokenError:
+            raise _invalid_token("invalid token") from None
+
+
+def _invalid_token(detail: str) -> Unauthenticated:
+    # RFC 6750 §3: a rejected token is `error="invalid_token"`; the token itself is never echoed.
+    return Unauthenticated(detail, scheme=f'Bearer realm="{REALM}", error="invalid_token"')
+
+
+class _OAuthError(Exception):
+    """An RFC 6749 §5.2 error answer."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+
+    def response(self) -> Response[bytes]:
+        headers = dict(_NO_STORE)
+        if self.error == "invalid_client":
+            headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
+        body = {"error": self.error, "error_description": self.description}
+        return Response(
+            _encoder.encode(body),
+            status_code=self.status,
+            media_type="application/json",
+            headers=headers,
+        )
+
+
+def _invalid_request(description: str, status: int = 400) -> _OAuthError:
+    return _OAuthError(status, "invalid_request", description)
+
+
+def _invalid_client(description: str) -> _OAuthError:
+    return _OAuthError(401, "invalid_client", description)
+
+
+def _form_fields(body: bytes) -> dict[str, str]:
+    """The form's parameters; RFC 6749 §3.1-3.2: empty ones count as absent, none may repeat."""
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise _invalid_request("body is not valid UTF-8 form data") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise _invalid_request(f"parameter {name} is given more than once")
+        if value:
+            fields[name] = value
+    return fields
+
+
+def _basic_credentials(authorization: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The client ids and secrets an `Authorization: Basic` header may mean.
+
+    RFC 6749 §2.3.1 form-urlencodes id and secret before Basic encoding them, and Go's oauth2
+    package does so; many other clients do not. Both readings are candidates: a secret without
+    `%` or `+` reads the same either way, and either reading still has to match in full.
+    """
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise _invalid_client("client authentication must use HTTP Basic or form fields")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _invalid_client("malformed HTTP Basic credentials") from None
+    raw_id, colon, raw_secret = decoded.partition(":")
+    if not colon:
+        raise _invalid_client("malformed HTTP Basic credentials")
+    ids = tuple(dict.fromkeys((unquote_plus(raw_id), raw_id)))
+    client_secrets = tuple(dict.fromkeys((unquote_plus(raw_secret), raw_secret)))
+    return ids, client_secrets
+
+
+def _client_credentials(
+    authorization: str | None, fields: Mapping[str, str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Candidate ids and secrets from Basic, the form, or both (as Paxos sends them)."""
+    form_id = fields.get("client_id")
+    form_secret = fields.get("client_secret")
+    if authorization is not None:
+        ids, client_secrets = _basic_credentials(authorization)
+        # Paxos sends both methods at once; RFC 6749 §2.3 forbids mixing them, so accept it only
+        # when the two say the same thing. `&`, not `and`: both comparisons always run.
+        agree = (form_id is None or matches_any(form_id, ids)) & (
+            form_secret is None or matches_any(form_secret, client_secrets)
+        )
+        if not agree:
+            raise _invalid_client("HTTP Basic and form credentials disagree")
+        # Form fields have one reading only; where given, they settle which Basic reading counts.
+        return (
+            (form_id,) if form_id is not None else ids,
+            (form_secret,) if form_secret is not None else client_secrets,
+        )
+    if form_id is None and form_secret is None:
+        raise _invalid_request(
+            "client credentials are missing: send HTTP Basic or client_id and client_secret"
+        )
+    if form_id is None or form_secret is None:
+        raise _invalid_request("client_id and client_secret go together")
+    return (form_id,), (form_secret,)
+
+
+def _is_form(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == _FORM
+
+
+class OAuthTokenController(Controller):
+    """`POST /oauth/token`: RFC 6749 client credentials for Paxos's OAuth option."""
+
+    path = "/oauth/token"
+    tags = ["paxos"]
+    request_max_body_size = TOKEN_REQUEST_MAX_BYTES
+
+    @post(
+        "/",
+        summary="Issue an access token for webhook delivery (client credentials)",
+        description=(
+            "RFC 6749 client credentials: `application/x-www-form-urlencoded` with "
+            "`grant_type=client_credentials`; the client authenticates by HTTP Basic, by "
+            "`client_id`/`client_secret` form fields, or both at once if they agree. Errors are "
+            "RFC 6749 §5.2 JSON. Served only when WEBHOOK_AUTH=oauth."
+        ),
+        status_code=200,
+    )
+    async def issue_token(self, request: Request[Any, Any, State]) -> Response[bytes]:
+        """Check the client and answer a token, or an RFC 6749 error; never echo a secret."""
+        settings: Settings = request.app.state.settings
+        authenticator = request.app.state.get("authenticator")
+        if settings.webhook_auth is not WebhookAuth.OAUTH or not isinstance(
+            authenticator, OAuthTokenAuthenticator
+        ):
+            raise Problem(
+                "the OAuth token endpoint is served only when WEBHOOK_AUTH=oauth",
+                status_code=404,
+                type_slug="not-found",
+            )
+        try:
+            client_id = await self._authenticated_client(request, settings)
+        except _OAuthError as exc:
+            log.info("oauth token refused", error=exc.error, reason=exc.description)
+            return exc.response()
+        ttl = settings.webhook_oauth_token_ttl_s
+        token = authenticator.issue(client_id, ttl)
+        body = {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
+        return Response(
+            _encoder.encode(body), status_code=200, media_type="application/json", headers=_NO_STORE
+        )
+
+    async def _authenticated_client(
+        self, request: Request[Any, Any, State], settings: Settings
+    ) -> str:
+        if not _is_form(request.headers.get("content-type", "")):
+            raise _invalid_request(f"Content-Type must be {_FORM}")
+        try:
+            body = await request.body()
+        except RequestEntityTooLarge:
+            raise _invalid_request(
+                f"body is larger than {TOKEN_REQUEST_MAX_BYTES} bytes", status=413
+            ) from None
+        except InternalServerException:
+            raise _invalid_request("request body was cut short") from None
+        fields = _form_fields(body)
+        grant_type = fields.get("grant_type")
+        if grant_type is None:
+            raise _invalid_request("grant_type is missing")
+        if grant_type != "client_credentials":
+            raise _OAuthError(
+                400, "unsupported_grant_type", "only grant_type=client_credentials is supported"
+            )
+        # `scope` is accepted and ignored: Paxos documents none, and a token grants one thing.
+        ids, client_secrets = _client_credentials(request.headers.get("authorization"), fields)
+        expected_id = settings.webhook_oauth_client_id or ""
+        expected_secret = settings.webhook_oauth_client_secret or ""
+        # `&`, not `and`: the secret is compared even when the id is wrong, so timing does not
+        # tell a caller which of the two it got right.
+        valid = matches_any(expected_id, ids) & matches_any(expected_secret, client_secrets)
+        if not (valid and expected_id and expected_secret):
+            raise _invalid_client("unknown client or wrong secret")
+        return expected_id
