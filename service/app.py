@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 from litestar import Litestar
@@ -12,14 +12,19 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
+from service.api.admin import AdminController
 from service.api.events import EventController
 from service.api.health import HealthController
+from service.api.metrics import MetricsController
 from service.api.problems import EXCEPTION_HANDLERS
+from service.background import running_background
 from service.db import create_engine
+from service.http import new_http_client
 from service.settings import Settings, WebhookAuth
 from service.webhooks.auth import ApiKeyAuthenticator, Authenticator, OpenAuthenticator
 from service.webhooks.committer import GroupCommitter
 from service.webhooks.controller import webhook_handler
+from service.webhooks.oauth import OAuthTokenController
 
 
 def create_app(
@@ -27,11 +32,13 @@ def create_app(
     *,
     engine: AsyncEngine | None = None,
     http_client: httpx.AsyncClient | None = None,
+    background: bool = False,
 ) -> Litestar:
     """The service's ASGI app.
 
     `engine` and `http_client` may be passed in (tests, `serve` sharing them with background
     work); otherwise the lifespan creates them from `settings` and closes them on shutdown.
+    With `background`, the lifespan also runs the fetcher and its NOTIFY listener.
     """
     if settings.database_url is None and engine is None:
         raise ValueError("create_app needs settings.database_url or an engine")
@@ -41,7 +48,7 @@ def create_app(
         own_engine = engine is None
         own_client = http_client is None
         app_engine = engine or create_engine(settings.database_url or "")
-        client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        client = http_client or new_http_client()
         committer = GroupCommitter(app_engine)
         try:
             authenticator: Authenticator = await build_authenticator(settings, app_engine, client)
@@ -53,7 +60,12 @@ def create_app(
                 authenticator=authenticator,
             )
             committer.start()
-            yield
+            async with AsyncExitStack() as stack:
+                if background:
+                    app.state.background = await stack.enter_async_context(
+                        running_background(settings, app_engine, client)
+                    )
+                yield
         finally:
             await committer.stop()
             if own_client:
@@ -66,6 +78,9 @@ def create_app(
             webhook_handler(settings.webhook_max_body_bytes),
             EventController,
             HealthController,
+            OAuthTokenController,
+            MetricsController,
+            AdminController,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -76,8 +76,13 @@ def cli() -> None:
     help="Demo mode: fills in tokens and keys and prints them. "
     "The default when no Paxos credentials are set.",
 )
-def serve(demo: bool) -> None:
-    """Run the HTTP service."""
+@click.option(
+    "--no-background",
+    is_flag=True,
+    help="Serve HTTP only; leave fetching to `paxos-events worker` processes.",
+)
+def serve(demo: bool, no_background: bool) -> None:
+    """Run the HTTP service (with the fetcher, unless --no-background)."""
     import uvicorn
 
     from service.app import create_app
@@ -101,7 +106,7 @@ def serve(demo: bool) -> None:
     if demo:
         _print_demo_banner(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, background=not no_background),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -143,6 +148,72 @@ def _print_demo_banner(settings: Settings) -> None:
 
 
 @cli.command()
+def worker() -> None:
+    """Run the background parts only (the fetcher); as many copies as load needs."""
+    import signal
+
+    from service.background import running_background
+    from service.db import create_engine
+    from service.http import new_http_client
+
+    settings = load_settings(check=False)
+    if not settings.has_paxos_credentials:
+        _fail(
+            "configuration error: PAXOS_CLIENT_ID: the worker needs PAXOS_CLIENT_ID and "
+            "PAXOS_CLIENT_SECRET"
+        )
+    settings = settings.replace(database_url=database_url(settings))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        engine = create_engine(settings.database_url or "")
+        http = new_http_client()
+        try:
+            async with running_background(settings, engine, http):
+                log.info("worker started")
+                await stop.wait()
+        finally:
+            await http.aclose()
+            await engine.dispose()
+        log.info("worker stopped")
+
+    asyncio.run(run())
+
+
+@cli.command()
+@click.option(
+    "--pending",
+    is_flag=True,
+    required=True,
+    help="Make every unfetched event (pending, failed, not_found) due now.",
+)
+def backfill(pending: bool) -> None:
+    """Fetch again what is not fetched yet."""
+    from sqlalchemy import text
+
+    from service.db import create_engine
+    from service.store.fetch_queue import make_due
+
+    settings = load_settings(check=False)
+    url = database_url(settings)
+
+    async def run() -> int:
+        engine = create_engine(url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                ids = await make_due(conn)
+                await conn.execute(text("SELECT pg_notify('events_pending', '')"))
+            return len(ids)
+        finally:
+            await engine.dispose()
+
+    click.echo(f"{asyncio.run(run())} events made due for a new Get Event")
+
+
+@cli.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
     from service.db import create_engine
@@ -160,6 +231,15 @@ def migrate() -> None:
             await engine.dispose()
 
     click.echo(f"database at revision {asyncio.run(run())}")
+
+
+def _register_simulate() -> None:
+    from service.paxos.simulate_cli import simulate
+
+    cli.add_command(simulate)
+
+
+_register_simulate()
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ def test_defaults_match_the_design() -> None:
     assert s.paxos_token_url == "https://oauth.sandbox.paxos.com/oauth2/token"
     assert s.paxos_scope == "events:read_event"
     assert s.paxos_api_rps == 10
+    assert s.fetch_retry_horizon_s == 7 * 86400
     assert (s.reconcile_interval_s, s.reconcile_lookback_s) == (300, 86400)
     assert (s.log_level, s.log_format.value) == ("info", "console")
     s.check()
@@ -61,6 +62,7 @@ def test_every_variable_is_read() -> None:
         "PAXOS_CLIENT_SECRET": "psecret",
         "PAXOS_SCOPE": "events:read_event other",
         "PAXOS_API_RPS": "50",
+        "FETCH_RETRY_HORIZON_S": "86400",
         "API_READ_TOKENS": "r1,r2",
         "API_ADMIN_TOKENS": "a1",
         "RECONCILE_INTERVAL_S": "60",
@@ -75,6 +77,7 @@ def test_every_variable_is_read() -> None:
     assert s.webhook_api_keys == ("a", "b", "c")
     assert s.paxos_api_url == "https://api.paxos.com/v2"
     assert s.paxos_api_rps == 50.0
+    assert s.fetch_retry_horizon_s == 86400
     assert s.api_read_tokens == ("r1", "r2")
     assert s.log_level == "debug"
     assert s.data_dir == Path("/srv/paxos")

@@ -13,8 +13,14 @@ from litestar.exceptions import InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
 
+from service import metrics
 from service.api.problems import Problem, StoreUnavailable
-from service.events.notification import NotANotification, NotJSON, decode_notification
+from service.events.notification import (
+    NotANotification,
+    Notification,
+    NotJSON,
+    decode_notification,
+)
 from service.webhooks.auth import Authenticator
 from service.webhooks.committer import CommitFailed, GroupCommitter
 
@@ -55,6 +61,17 @@ def webhook_handler(max_body_bytes: int) -> HTTPRouteHandler:
         responses={},
     )
     async def receive_webhook(request: Request[Any, Any, State]) -> Response[bytes]:
+        try:
+            notification, new = await _receive(request)
+        except Problem as problem:
+            metrics.WEBHOOK_REJECTIONS.labels(reason=problem.type_slug).inc()
+            raise
+        outcome = "accepted" if new else "duplicate"
+        metrics.WEBHOOKS.labels(outcome=outcome, type=metrics.type_label(notification.type)).inc()
+        answer = WebhookAnswer(str(notification.id), outcome)
+        return Response(_encoder.encode(answer), media_type="application/json", status_code=200)
+
+    async def _receive(request: Request[Any, Any, State]) -> tuple[Notification, bool]:
         state = request.app.state
         authenticator: Authenticator = state.authenticator
         committer: GroupCommitter = state.committer
@@ -98,7 +115,6 @@ def webhook_handler(max_body_bytes: int) -> HTTPRouteHandler:
                 "webhook not stored", event_id=str(notification.id), reason=str(exc) or "timeout"
             )
             raise StoreUnavailable() from None
-        answer = WebhookAnswer(str(notification.id), "accepted" if new else "duplicate")
-        return Response(_encoder.encode(answer), media_type="application/json", status_code=200)
+        return notification, new
 
     return receive_webhook

@@ -1,0 +1,87 @@
+"""The background parts of a process (fetcher, NOTIFY listener), started and stopped as one.
+
+`serve` runs them beside the HTTP service unless `--no-background`; `worker` runs only them.
+Any number of processes may run them at once: all coordination goes through Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.fetcher import Fetcher, RetryPolicy
+from service.notify import listen
+from service.paxos.client import PaxosClient, TokenProvider
+from service.paxos.ratelimit import RateLimiter
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+PENDING_CHANNEL = "events_pending"
+
+
+def build_paxos_client(
+    settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient
+) -> PaxosClient:
+    """The Paxos client, with the deployment-wide limits on API calls and token requests."""
+    tokens = TokenProvider(
+        http=http,
+        token_url=settings.paxos_token_url,
+        client_id=settings.paxos_client_id or "",
+        client_secret=settings.paxos_client_secret or "",
+        scope=settings.paxos_scope,
+        # Paxos allows one token request per second; the whole deployment shares it.
+        limiter=RateLimiter(engine, "paxos_token", 1.0),
+    )
+    limiter = RateLimiter(engine, "paxos_api", settings.paxos_api_rps)
+    return PaxosClient(http, settings.paxos_api_url, tokens, limiter)
+
+
+@dataclass
+class Background:
+    client: PaxosClient
+    fetcher: Fetcher
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run `run` until cancelled, restarting it (after a pause) if it ever fails."""
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task failed; restarting", task=name)
+            await asyncio.sleep(1.0)
+
+
+@asynccontextmanager
+async def running_background(
+    settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient
+) -> AsyncIterator[Background]:
+    """Start the background parts; stop them (finishing their writes) on exit."""
+    if not settings.database_url:
+        raise ValueError("the background parts need settings.database_url (for LISTEN)")
+    client = build_paxos_client(settings, engine, http)
+    fetcher = Fetcher(engine, client, policy=RetryPolicy(horizon_s=settings.fetch_retry_horizon_s))
+    database_url = settings.database_url
+    tasks = [
+        asyncio.create_task(supervise("fetcher", fetcher.run), name="fetcher"),
+        asyncio.create_task(
+            supervise("listener", lambda: listen(database_url, PENDING_CHANNEL, [fetcher.wakeup])),
+            name="notify-listener",
+        ),
+    ]
+    try:
+        yield Background(client, fetcher)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

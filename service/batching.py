@@ -1,0 +1,159 @@
+"""Group commit: items that arrive while one transaction commits share the next.
+
+A caller `submit`s an item and awaits its outcome; a few writer tasks drain the queue, each
+writing everything queued at that moment in one transaction, then answering every waiting
+caller. Under no load a batch is a single item and adds no wait; under load the cost of a
+commit (the fsync) is shared by the whole batch.
+
+Nothing is answered before its commit, and a failed batch fails every waiter with
+`CommitFailed`, never leaving one hanging. When a statement fails for a reason that is not
+the connection's, each item is retried alone, so one item Postgres refuses does not take its
+neighbours down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import structlog
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+WriteBatch = Callable[[AsyncConnection, Sequence[T]], Awaitable[Sequence[R]]]
+
+
+class CommitFailed(Exception):
+    """The batch holding this item did not commit; nothing of it was stored."""
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R] = field(repr=False)
+
+
+class GroupWriter(Generic[T, R]):
+    """Batches `submit`ted items into transactions written by `write`.
+
+    `write(conn, items)` runs inside the transaction and returns one result per item, in
+    order; it must not commit.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        write: WriteBatch[T, R],
+        *,
+        name: str,
+        writers: int = 2,
+        max_batch: int = 1000,
+    ) -> None:
+        self._engine = engine
+        self._write_batch = write
+        self._name = name
+        self._writers = writers
+        self._max_batch = max_batch
+        self._queue: list[_Pending[T, R]] = []
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    async def submit(self, item: T) -> R:
+        """Write `item` durably and return its result; raise `CommitFailed` if it could not be."""
+        if self._closing:
+            raise CommitFailed("shutting down")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(item, future))
+        self._wakeup.set()
+        return await future
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"{self._name}-writer-{i}")
+            for i in range(self._writers)
+        ]
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop the writer tasks."""
+        self._closing = True
+        while self._queue and self._tasks:
+            self._wakeup.set()
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            if self._queue:
+                self._wakeup.set()  # let an idle writer take the rest at once
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending[T, R]]) -> None:
+        try:
+            await self._write(batch)
+        except asyncio.CancelledError:
+            _fail(batch, "shutting down")
+            raise
+        except DBAPIError as exc:
+            if len(batch) > 1 and not exc.connection_invalidated:
+                # Not the connection's fault: one item may be the cause. Write each alone so
+                # its neighbours are not lost with it.
+                log.warning(
+                    "batch failed; writing its items one by one",
+                    writer=self._name,
+                    size=len(batch),
+                    error=describe(exc),
+                )
+                for one in batch:
+                    await self._commit_alone(one)
+                return
+            log.error("commit failed", writer=self._name, size=len(batch), error=describe(exc))
+            _fail(batch, "the store is unavailable")
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.error("commit failed", writer=self._name, size=len(batch), error=describe(exc))
+            _fail(batch, "the store is unavailable")
+
+    async def _commit_alone(self, one: _Pending[T, R]) -> None:
+        try:
+            await self._write([one])
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.error("item refused by the store", writer=self._name, error=describe(exc))
+            _fail([one], "the store refused this item")
+
+    async def _write(self, batch: list[_Pending[T, R]]) -> None:
+        async with self._engine.begin() as conn:
+            results = await self._write_batch(conn, [p.item for p in batch])
+        # Committed: now, and only now, answer.
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+
+def _fail(batch: Sequence[_Pending[T, R]], reason: str) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(CommitFailed(reason))
+
+
+def describe(exc: BaseException) -> str:
+    """The error's class and the driver's first line: enough to act on, never the statement's
+    parameters (request data) nor a connection string."""
+    orig = getattr(exc, "orig", None) or exc
+    first_line = str(orig).splitlines()[0] if str(orig) else ""
+    return f"{type(orig).__name__}: {first_line}"[:300]

@@ -1,0 +1,239 @@
+"""The fetcher: turns each stored notification into the full, trusted Paxos event.
+
+It claims due `pending` events (any number of fetchers, in any number of processes, share the
+queue through leases), calls Get Event under the deployment's rate limit, and writes each
+outcome group-committed: the event stored and marked `fetched`, a retry scheduled, or a final
+`failed` / `not_found`. It wakes on NOTIFY from the intake and polls as a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import metrics
+from service.batching import CommitFailed, GroupWriter
+from service.paxos.client import (
+    Fetched,
+    PaxosBadRequest,
+    PaxosClient,
+    PaxosError,
+    PaxosForbidden,
+    PaxosNotFound,
+    PaxosRateLimited,
+)
+from service.store.fetch_queue import (
+    Claim,
+    FetchedOutcome,
+    FinalOutcome,
+    Outcome,
+    RetryOutcome,
+    claim_due,
+    record_outcomes,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When to try a failed fetch again, and when to stop."""
+
+    # 5xx, timeouts, connection errors: exponential backoff with jitter, unlimited within the
+    # horizon (counted from the first delivery), then `failed`.
+    horizon_s: float = 7 * 86400.0
+    base_s: float = 2.0
+    cap_s: float = 900.0
+    # 404: Paxos may lag behind its own webhooks; retry over several minutes, then
+    # `not_found`. The n-th attempt that answers 404 waits the n-th delay.
+    not_found_delays_s: tuple[float, ...] = (10.0, 30.0, 60.0, 120.0, 300.0)
+
+    def backoff_s(self, attempts: int, rng: random.Random) -> float:
+        """Exponential backoff with "equal jitter": half fixed, half random."""
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** max(0, attempts - 1))
+        return ceiling / 2 + rng.random() * ceiling / 2
+
+
+def decide(
+    claim: Claim, error: PaxosError, policy: RetryPolicy, now: datetime, rng: random.Random
+) -> Outcome:
+    """The outcome of a failed Get Event: retry when, or give up how. Pure."""
+    reason = str(error)
+    if isinstance(error, PaxosRateLimited):
+        return RetryOutcome(claim.event_id, error.retry_after or 1.0, reason)
+    if isinstance(error, (PaxosBadRequest, PaxosForbidden)):
+        return FinalOutcome(claim.event_id, "failed", reason)
+    if isinstance(error, PaxosNotFound):
+        if claim.attempts > len(policy.not_found_delays_s):
+            return FinalOutcome(
+                claim.event_id, "not_found", f"{reason}; gave up after {claim.attempts} attempts"
+            )
+        return RetryOutcome(claim.event_id, policy.not_found_delays_s[claim.attempts - 1], reason)
+    first = claim.first_received_at or now
+    delay = policy.backoff_s(claim.attempts, rng)
+    if (now - first).total_seconds() + delay > policy.horizon_s:
+        return FinalOutcome(
+            claim.event_id,
+            "failed",
+            f"{reason}; gave up after {claim.attempts} attempts over {policy.horizon_s:g} s",
+        )
+    return RetryOutcome(claim.event_id, delay, reason)
+
+
+def identity_id_of(fetched: Fetched) -> str | None:
+    """The identity an event is about, when its object names one."""
+    obj = fetched.event.object or {}
+    value = obj.get("identity_id")
+    return value if isinstance(value, str) and value else None
+
+
+def check_matches(claim: Claim, fetched: Fetched) -> str | None:
+    """Why the fetched event is not the one the notification announced, or None."""
+    got = fetched.event
+    if got.id.lower() != str(claim.event_id):
+        return f"Get Event for {claim.event_id} returned event {got.id!r}; not stored as this event"
+    if got.type != claim.type:
+        return (
+            f"Get Event for {claim.event_id} returned type {got.type!r}, but the "
+            f"notification said {claim.type!r}; not stored as this event"
+        )
+    return None
+
+
+class Fetcher:
+    """One process's fetch loop: up to `concurrency` Get Event calls in flight."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: PaxosClient,
+        *,
+        policy: RetryPolicy | None = None,
+        concurrency: int = 32,
+        lease_s: float = 60.0,
+        poll_s: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._engine = engine
+        self._client = client
+        self._policy = policy or RetryPolicy()
+        self._concurrency = concurrency
+        self._lease_s = lease_s
+        self._poll_s = poll_s
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.wakeup = asyncio.Event()
+        self._writer: GroupWriter[Outcome, None] = GroupWriter(
+            engine, record_outcomes, name="fetch", writers=1
+        )
+
+    async def run(self) -> None:
+        """Fetch until cancelled."""
+        self._writer.start()
+        inflight: set[asyncio.Task[None]] = set()
+        failures = 0
+        try:
+            while True:
+                free = self._concurrency - len(inflight)
+                claims: list[Claim] = []
+                if free > 0:
+                    try:
+                        claims = await claim_due(self._engine, free, self._lease_s)
+                        failures = 0
+                    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                        failures += 1
+                        log.warning("fetch queue unavailable", error=type(exc).__name__)
+                        await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+                        continue
+                for claim in claims:
+                    task = asyncio.create_task(self._fetch(claim))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                if claims and len(claims) == free:
+                    await asyncio.sleep(0)  # let the calls start, then claim more
+                    if len(inflight) < self._concurrency:
+                        continue
+                await self._idle(inflight)
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+            await self._writer.stop()
+
+    async def _idle(self, inflight: set[asyncio.Task[None]]) -> None:
+        """Wait for a NOTIFY, a free slot, or the poll interval, whichever comes first."""
+        self.wakeup.clear()
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self.wakeup.wait())}
+        if inflight:
+            waiters.add(
+                asyncio.ensure_future(
+                    asyncio.wait(set(inflight), return_when=asyncio.FIRST_COMPLETED)
+                )
+            )
+        try:
+            await asyncio.wait(waiters, timeout=self._poll_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _fetch(self, claim: Claim) -> None:
+        log_ = log.bind(event_id=str(claim.event_id), type=claim.type)
+        started = time.perf_counter()
+        outcome: Outcome
+        try:
+            fetched = await self._client.get_event(claim.event_id, is_test=claim.is_test)
+        except PaxosError as error:
+            outcome = decide(claim, error, self._policy, datetime.now(UTC), self._rng)
+            _report(log_, error, outcome)
+        else:
+            mismatch = check_matches(claim, fetched)
+            if mismatch:
+                outcome = FinalOutcome(claim.event_id, "failed", mismatch)
+                log_.error("fetched event does not match its notification", reason=mismatch)
+                metrics.FETCHES.labels(outcome="mismatch").inc()
+            else:
+                outcome = FetchedOutcome(
+                    claim.event_id,
+                    fetched.raw,
+                    identity_id_of(fetched),
+                    fetched.event.object_type,
+                    fetched.event.undelivered_webhooks,
+                )
+                metrics.FETCHES.labels(outcome="fetched").inc()
+        metrics.FETCH_SECONDS.observe(time.perf_counter() - started)
+        try:
+            await self._writer.submit(outcome)
+        except CommitFailed as exc:
+            # Nothing written: the lease runs out and the event is claimed again.
+            log_.warning("fetch outcome not stored; will retry", reason=str(exc))
+
+
+def _report(
+    log_: structlog.typing.FilteringBoundLogger, error: PaxosError, outcome: Outcome
+) -> None:
+    if isinstance(outcome, FinalOutcome):
+        metrics.FETCHES.labels(outcome=outcome.status).inc()
+        if isinstance(error, (PaxosBadRequest, PaxosForbidden)):
+            # Not the event's fault: our credentials, scope or configuration. Loudly.
+            log_.error(
+                "Paxos refused the fetch: check PAXOS_CLIENT_ID/SECRET, PAXOS_SCOPE "
+                "and PAXOS_API_URL",
+                status=error.status,
+                reason=str(error),
+            )
+            metrics.FETCH_CONFIG_ERRORS.inc()
+        else:
+            log_.warning("fetch given up", status=outcome.status, reason=outcome.error)
+    else:
+        kind = "rate_limited" if isinstance(error, PaxosRateLimited) else "retry"
+        metrics.FETCHES.labels(outcome=kind).inc()
+        assert isinstance(outcome, RetryOutcome)
+        log_.info("fetch will be retried", reason=str(error), in_s=round(outcome.delay_s, 1))

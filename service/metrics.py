@@ -1,0 +1,52 @@
+"""Prometheus metrics of this process (`GET /metrics`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+WEBHOOKS = Counter(
+    "paxos_webhooks_total",
+    "Webhook deliveries answered 2xx, by outcome (accepted, duplicate) and event type",
+    ["outcome", "type"],
+)
+WEBHOOK_REJECTIONS = Counter(
+    "paxos_webhook_rejections_total",
+    "Webhook deliveries refused, by reason (unauthenticated, invalid_json, ...)",
+    ["reason"],
+)
+FETCHES = Counter(
+    "paxos_fetches_total",
+    "Get Event outcomes (fetched, retry, rate_limited, failed, not_found, mismatch)",
+    ["outcome"],
+)
+FETCH_SECONDS = Histogram(
+    "paxos_fetch_seconds",
+    "Time from claiming an event to Paxos's answer, rate-limit waits included",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+FETCH_CONFIG_ERRORS = Counter(
+    "paxos_fetch_config_errors_total",
+    "Get Event refused with 400 or 403: credentials, scope or URL need attention",
+)
+TOKEN_REFRESHES = Counter(
+    "paxos_token_refreshes_total", "OAuth token requests made to Paxos by this process"
+)
+RATE_LIMIT_WAITS = Counter(
+    "paxos_rate_limit_waits_total",
+    "Times a Paxos call waited because the deployment's rate limit was used up",
+)
+PENDING = Gauge("paxos_events_pending", "Events stored but not yet fetched")
+OLDEST_PENDING_AGE = Gauge(
+    "paxos_events_oldest_pending_age_seconds", "Age of the oldest event not yet fetched"
+)
+
+# Types Paxos documents; anything else is counted as "other" so that a sender inventing types
+# cannot grow the metric without bound.
+_KNOWN_PREFIXES = ("identity.", "transfer.", "orchestration.")
+
+
+def type_label(event_type: str) -> str:
+    """`event_type` if it looks like a Paxos type, else "other" (bounded cardinality)."""
+    if event_type.startswith(_KNOWN_PREFIXES) and len(event_type) <= 64:
+        return event_type
+    return "other"

@@ -1,0 +1,62 @@
+"""LISTEN/NOTIFY wake-ups: a hint that work arrived, never the guarantee (the poll is)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import asyncpg
+import structlog
+
+from service.db import plain_url
+
+log = structlog.get_logger(__name__)
+
+
+async def listen(url: str, channel: str, wakeups: Iterable[asyncio.Event]) -> None:
+    """Set every event in `wakeups` on each NOTIFY on `channel`, until cancelled.
+
+    Uses a dedicated connection outside the pool (a pooled one would lose its LISTEN when
+    returned) and reconnects after the database restarts. After each (re)connect it wakes the
+    listeners once, since notifications sent while disconnected are lost.
+    """
+    targets = list(wakeups)
+
+    def wake(*_: object) -> None:
+        for event in targets:
+            event.set()
+
+    delay = 0.5
+    while True:
+        lost = asyncio.Event()
+        try:
+            conn = await asyncpg.connect(plain_url(url), timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning(
+                "notify listener cannot connect; retrying",
+                channel=channel,
+                error=type(exc).__name__,
+                in_s=delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(10.0, delay * 2)
+            continue
+        try:
+            conn.add_termination_listener(lambda _, lost=lost: lost.set())
+            await conn.add_listener(channel, wake)
+            delay = 0.5
+            wake()
+            while not lost.is_set():
+                try:
+                    await asyncio.wait_for(lost.wait(), 30)
+                except TimeoutError:
+                    # A half-open TCP connection reports nothing: ask something now and then.
+                    await conn.execute("SELECT 1", timeout=5)
+            log.warning("notify listener lost its connection; reconnecting", channel=channel)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning(
+                "notify listener failed; reconnecting", channel=channel, error=type(exc).__name__
+            )
+        finally:
+            if not conn.is_closed():
+                conn.terminate()

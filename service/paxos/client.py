@@ -1,0 +1,404 @@
+"""The Paxos REST API as we use it: OAuth2 client credentials, Get Event, List Events.
+
+The error tree, in one place:
+
+    PaxosError                      anything that kept a call from returning an event
+    ├── PaxosUnavailable            no usable answer: timeout, connection error (retry)
+    ├── PaxosServerError    5xx     (retry)
+    ├── PaxosRateLimited    429     carries `retry_after` (pause the deployment, retry)
+    ├── PaxosNotFound       404     (Paxos may lag: retry a few times)
+    ├── PaxosUnauthorized   401     after one token refresh and one retry
+    ├── PaxosForbidden      403     missing scope: a configuration problem
+    ├── PaxosBadRequest     400     (a configuration or client problem)
+    └── PaxosProtocolError          a 2xx whose body is not what Paxos documents
+
+Paxos's RFC 7807 bodies are parsed into `title`/`detail` of these errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import httpx
+import msgspec
+import structlog
+
+from service import metrics
+from service.paxos.ratelimit import RateLimiter
+
+log = structlog.get_logger(__name__)
+
+# A token is renewed this long before Paxos says it expires, so no call carries a token that
+# expires in flight.
+TOKEN_MARGIN_S = 60.0
+CALL_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+MAX_PAGE = 100  # List Events' largest `limit`
+
+
+class PaxosError(Exception):
+    """A call to Paxos did not return what we asked for."""
+
+    status: int | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        detail: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class PaxosUnavailable(PaxosError):
+    """No usable answer: a timeout or a connection error."""
+
+
+class PaxosServerError(PaxosError):
+    """Paxos answered 5xx."""
+
+
+class PaxosRateLimited(PaxosError):
+    status = 429
+
+
+class PaxosNotFound(PaxosError):
+    status = 404
+
+
+class PaxosUnauthorized(PaxosError):
+    status = 401
+
+
+class PaxosForbidden(PaxosError):
+    status = 403
+
+
+class PaxosBadRequest(PaxosError):
+    status = 400
+
+
+class PaxosProtocolError(PaxosError):
+    """A 2xx answer whose body is not what Paxos documents."""
+
+
+class PaxosEvent(msgspec.Struct, frozen=True):
+    """An Event as Get Event and List Events return it (PAXOS.md §2)."""
+
+    id: str
+    type: str
+    # Kept as Paxos wrote it (RFC 3339, up to nanoseconds): a datetime would round it to
+    # microseconds, and paging by time must repeat Paxos's own value exactly.
+    created_at: str
+    object_type: str | None = None
+    object: dict[str, Any] | None = None
+    undelivered_webhooks: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A full event: `event` decoded, `raw` the JSON exactly as Paxos sent it."""
+
+    event: PaxosEvent
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventsPage:
+    events: list[Fetched]
+    next_page_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """List Events filters (PAXOS.md §2)."""
+
+    # datetimes, or RFC 3339 strings passed through as they are (Paxos's own nanoseconds).
+    created_at_gt: datetime | str | None = None
+    created_at_gte: datetime | str | None = None
+    created_at_eq: datetime | str | None = None
+    created_at_lt: datetime | str | None = None
+    created_at_lte: datetime | str | None = None
+    type: str | None = None
+    is_test: bool = False
+    limit: int = 100
+    order: Literal["ASC", "DESC"] = "ASC"
+
+    def params(self) -> dict[str, str]:
+        params = {"limit": str(self.limit), "order": self.order}
+        for op in ("gt", "gte", "eq", "lt", "lte"):
+            value: datetime | str | None = getattr(self, f"created_at_{op}")
+            if value is not None:
+                params[f"created_at.{op}"] = value if isinstance(value, str) else _rfc3339(value)
+        if self.type:
+            params["type"] = self.type
+        if self.is_test:
+            params["is_test"] = "true"
+        return params
+
+
+class _TokenAnswer(msgspec.Struct):
+    access_token: str
+    expires_in: float = 3600.0
+    token_type: str = "Bearer"  # noqa: S105 - a scheme name
+
+
+class _EventsAnswer(msgspec.Struct):
+    events: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    next_page_cursor: str | None = None
+
+
+class _Problem(msgspec.Struct):
+    title: str | None = None
+    detail: str | None = None
+
+
+_event_decoder = msgspec.json.Decoder(PaxosEvent)
+_page_decoder = msgspec.json.Decoder(_EventsAnswer)
+_token_decoder = msgspec.json.Decoder(_TokenAnswer)
+_problem_decoder = msgspec.json.Decoder(_Problem)
+
+
+@dataclass(slots=True)
+class _Token:
+    value: str
+    renew_at: float  # time.monotonic()
+
+
+@dataclass
+class TokenProvider:
+    """OAuth2 client-credentials tokens for our calls to Paxos.
+
+    The token is cached until shortly before it expires; one refresh at a time however many
+    calls wait for it (single flight); and token requests of the whole deployment go through
+    a shared limit of one per second, as Paxos allows.
+    """
+
+    http: httpx.AsyncClient
+    token_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str
+    limiter: RateLimiter
+    refreshes: int = 0
+    _token: _Token | None = field(default=None, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    async def token(self) -> str:
+        """A valid access token, from the cache when it has one."""
+        current = self._token
+        if current is not None and time.monotonic() < current.renew_at:
+            return current.value
+        async with self._lock:
+            current = self._token
+            if current is not None and time.monotonic() < current.renew_at:
+                return current.value  # another caller refreshed it while we waited
+            self._token = await self._request()
+            return self._token.value
+
+    def invalidate(self, value: str) -> None:
+        """Forget `value` (Paxos refused it), unless a newer token already replaced it."""
+        if self._token is not None and self._token.value == value:
+            self._token = None
+
+    async def _request(self) -> _Token:
+        await self.limiter.acquire()
+        self.refreshes += 1
+        metrics.TOKEN_REFRESHES.inc()
+        try:
+            response = await self.http.post(
+                self.token_url,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self.client_id,
+                    "client_secret": self.client_secret,
+                    "scope": self.scope,
+                },
+                timeout=CALL_TIMEOUT,
+            )
+        except httpx.HTTPError as exc:
+            raise PaxosUnavailable(f"token request failed: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise _error_from(response, "token request")
+        try:
+            answer = _token_decoder.decode(response.content)
+        except msgspec.DecodeError:
+            raise PaxosProtocolError("token response is not the OAuth2 shape") from None
+        lifetime = max(
+            1.0,
+            answer.expires_in - TOKEN_MARGIN_S
+            if answer.expires_in > 2 * TOKEN_MARGIN_S
+            else answer.expires_in / 2,
+        )
+        log.info("paxos token refreshed", expires_in=answer.expires_in)
+        return _Token(answer.access_token, time.monotonic() + lifetime)
+
+
+class PaxosClient:
+    """Get Event and List Events under the deployment's rate limit."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        api_url: str,
+        tokens: TokenProvider,
+        limiter: RateLimiter,
+        *,
+        timeout: httpx.Timeout = CALL_TIMEOUT,
+    ) -> None:
+        self._http = http
+        self._api_url = api_url.rstrip("/")
+        self._tokens = tokens
+        self.limiter = limiter
+        self._timeout = timeout
+
+    async def get_event(self, event_id: uuid.UUID | str, *, is_test: bool = False) -> Fetched:
+        """Get Event: the full event with `event_id`."""
+        params = {"is_test": "true"} if is_test else {}
+        response = await self._call(f"/events/{event_id}", params)
+        try:
+            return Fetched(_event_decoder.decode(response.content), response.text)
+        except msgspec.DecodeError as exc:
+            raise PaxosProtocolError(
+                f"Get Event answered a body that is not an Event: {exc}"
+            ) from None
+
+    async def list_events(self, filters: ListFilter, page_cursor: str | None = None) -> EventsPage:
+        """List Events: one page."""
+        params = filters.params()
+        if page_cursor:
+            params["page_cursor"] = page_cursor
+        response = await self._call("/events", params)
+        try:
+            answer = _page_decoder.decode(response.content)
+            events = [
+                Fetched(_event_decoder.decode(raw), bytes(raw).decode()) for raw in answer.events
+            ]
+        except msgspec.DecodeError as exc:
+            raise PaxosProtocolError(f"List Events answered an unexpected body: {exc}") from None
+        return EventsPage(events, answer.next_page_cursor or None)
+
+    async def iter_events(self, filters: ListFilter) -> AsyncIterator[EventsPage]:
+        """Every page of List Events for `filters`, oldest first.
+
+        Follows `next_page_cursor` while Paxos gives one. An API that never gives one (older
+        versions) is walked by time instead: each full page ends at some `created_at`; the
+        events at exactly that time are read in one `created_at.eq` call (at Paxos's largest
+        page), and the walk goes on strictly after it. So events that share a timestamp at a
+        page boundary are neither lost nor repeated, whatever the page size.
+        """
+        if filters.order != "ASC":
+            raise ValueError("iter_events pages oldest first (order ASC)")
+        cursor: str | None = None
+        cursors_seen = False
+        current = filters
+        while True:
+            page = await self.list_events(current, cursor)
+            if page.next_page_cursor:
+                cursors_seen = True
+                cursor = page.next_page_cursor
+                yield page
+                continue
+            if cursors_seen or len(page.events) < current.limit:
+                yield page  # the last page
+                return
+            last = page.events[-1].event.created_at
+            yield EventsPage([f for f in page.events if f.event.created_at != last], None)
+            tie = await self.list_events(
+                _replace(
+                    filters,
+                    created_at_gt=None,
+                    created_at_gte=None,
+                    created_at_eq=last,
+                    limit=MAX_PAGE,
+                )
+            )
+            if len(tie.events) >= MAX_PAGE:
+                log.warning(
+                    "List Events without cursors cannot page within one timestamp; "
+                    "events beyond the first page at this time may be missed",
+                    created_at=last,
+                    events=len(tie.events),
+                )
+            yield EventsPage(tie.events, None)
+            current = _replace(current, created_at_gt=last, created_at_gte=None)
+
+    async def _call(self, path: str, params: Mapping[str, str]) -> httpx.Response:
+        # One refresh and one retry when Paxos refuses a token it gave us (it may have been
+        # revoked or expired early).
+        for attempt in (1, 2):
+            token = await self._tokens.token()
+            await self.limiter.acquire()
+            try:
+                response = await self._http.get(
+                    self._api_url + path,
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                    timeout=self._timeout,
+                )
+            except httpx.TimeoutException:
+                raise PaxosUnavailable(f"GET {path}: timed out") from None
+            except httpx.HTTPError as exc:
+                raise PaxosUnavailable(f"GET {path}: {type(exc).__name__}") from None
+            if response.status_code == 401 and attempt == 1:
+                self._tokens.invalidate(token)
+                continue
+            if response.status_code == 429:
+                error = _error_from(response, f"GET {path}")
+                await self.limiter.pause(error.retry_after or 1.0)
+                raise error
+            if response.status_code != 200:
+                raise _error_from(response, f"GET {path}")
+            return response
+        raise AssertionError("unreachable")
+
+
+def _replace(f: ListFilter, **changes: Any) -> ListFilter:
+    import dataclasses
+
+    return dataclasses.replace(f, **changes)
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare; the caller's default applies
+
+
+def _error_from(response: httpx.Response, what: str) -> PaxosError:
+    status = response.status_code
+    detail: str | None = None
+    try:
+        problem = _problem_decoder.decode(response.content)
+        detail = problem.detail or problem.title
+    except msgspec.DecodeError:
+        pass
+    message = f"{what}: HTTP {status}" + (f" ({detail})" if detail else "")
+    kinds: dict[int, type[PaxosError]] = {
+        400: PaxosBadRequest,
+        401: PaxosUnauthorized,
+        403: PaxosForbidden,
+        404: PaxosNotFound,
+        429: PaxosRateLimited,
+    }
+    kind = kinds.get(status) or (PaxosServerError if status >= 500 else PaxosBadRequest)
+    return kind(message, status=status, detail=detail, retry_after=_retry_after(response))

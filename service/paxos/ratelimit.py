@@ -1,0 +1,140 @@
+"""One rate limit for a whole deployment, kept in a Postgres row (GCRA).
+
+Every process of a deployment takes its permits from the same `rate_limits` row, so
+`PAXOS_API_RPS` bounds the calls of all of them together. The row holds the theoretical
+arrival time (`tat`) of the next permit: granting n permits moves it n intervals on. Permits
+are handed out with their own start times, spaced one interval apart on the database's
+clock, and the caller waits until each one's time before calling: calls never bunch up,
+however many processes ask at once, and one round trip can serve several calls.
+
+A 429 from Paxos sets `paused_until` on the same row: every process stops calling until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import metrics
+
+# Permits may be booked this far ahead of the database's clock; a caller asking for more
+# waits and asks again. Booking ahead is what lets one round trip serve several calls.
+HORIZON_S = 0.5
+
+_TAKE = text(
+    """
+    WITH now AS (SELECT clock_timestamp() AS t),
+    taken AS (
+        UPDATE rate_limits r
+        SET tat = greatest(r.tat, now.t) + :n * make_interval(secs => :interval)
+        FROM now
+        WHERE r.name = :name
+          AND (r.paused_until IS NULL OR r.paused_until <= now.t)
+          AND greatest(r.tat, now.t) - now.t <= make_interval(secs => :horizon)
+        RETURNING extract(epoch FROM greatest(r.tat, now.t) - now.t
+                          - :n * make_interval(secs => :interval)) AS first_in
+    )
+    SELECT (SELECT first_in FROM taken) AS first_in,
+           (SELECT extract(epoch FROM greatest(r.tat, r.paused_until, now.t) - now.t)
+              FROM rate_limits r, now WHERE r.name = :name) AS wait
+    """
+)
+
+_CREATE = text("INSERT INTO rate_limits (name) VALUES (:name) ON CONFLICT (name) DO NOTHING")
+
+_PAUSE = text(
+    """
+    INSERT INTO rate_limits (name, paused_until)
+    VALUES (:name, clock_timestamp() + make_interval(secs => :seconds))
+    ON CONFLICT (name) DO UPDATE
+    SET paused_until = greatest(rate_limits.paused_until, excluded.paused_until)
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """`count` permits; the i-th may be used `first_in + i * interval` seconds from `issued`."""
+
+    count: int
+    first_in: float
+    interval: float
+    issued: float  # time.monotonic() when granted
+
+    def start_of(self, i: int) -> float:
+        """The monotonic time at which permit `i` may be used."""
+        return self.issued + max(0.0, self.first_in) + i * self.interval
+
+
+class RateLimiter:
+    """Deployment-wide permits for the calls of one kind (`name`), `rate` per second."""
+
+    def __init__(self, engine: AsyncEngine, name: str, rate: float) -> None:
+        self._engine = engine
+        self.name = name
+        self.rate = rate
+        self.interval = 1.0 / rate
+        self._slots: collections.deque[float] = collections.deque()
+        self._lock = asyncio.Lock()
+        self._waiting = 0
+
+    async def grant(self, n: int = 1) -> Grant:
+        """Book `n` permits, waiting while the limit (or a 429 pause) allows none."""
+        n = max(1, min(n, int(self.rate * HORIZON_S) or 1))
+        while True:
+            async with self._engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        _TAKE,
+                        {
+                            "name": self.name,
+                            "n": n,
+                            "interval": self.interval,
+                            "horizon": HORIZON_S,
+                        },
+                    )
+                ).one()
+            if row.first_in is not None:
+                return Grant(n, float(row.first_in), self.interval, time.monotonic())
+            if row.wait is None:  # the first call of the deployment: the row is not there yet
+                async with self._engine.begin() as conn:
+                    await conn.execute(_CREATE, {"name": self.name})
+                continue
+            metrics.RATE_LIMIT_WAITS.inc()
+            # Sleep until the booked-ahead window has room again (or the pause ends).
+            await asyncio.sleep(max(0.01, float(row.wait or 0) - HORIZON_S + self.interval))
+
+    async def acquire(self) -> None:
+        """Wait for one permit and its start time.
+
+        Callers of one process share bookings: whoever finds no booked slot books as many as
+        there are callers waiting (one round trip), and the others take those slots in turn.
+        """
+        self._waiting += 1
+        try:
+            async with self._lock:
+                if not self._slots:
+                    grant = await self.grant(self._waiting)
+                    self._slots.extend(grant.start_of(i) for i in range(grant.count))
+                start = self._slots.popleft()
+        finally:
+            self._waiting -= 1
+        await sleep_until(start)
+
+    async def pause(self, seconds: float) -> None:
+        """Stop every process's calls for `seconds` (Paxos said 429)."""
+        self._slots.clear()  # slots booked before the pause would fall inside it
+        async with self._engine.begin() as conn:
+            await conn.execute(_PAUSE, {"name": self.name, "seconds": seconds})
+
+
+async def sleep_until(moment: float) -> None:
+    """Sleep until the monotonic clock reads `moment`."""
+    delay = moment - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)

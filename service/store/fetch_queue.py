@@ -1,0 +1,187 @@
+"""The fetch queue: pending events claimed with leases, and the outcome of each fetch.
+
+Claims are short transactions of their own (`FOR UPDATE SKIP LOCKED`, so workers never wait
+on each other's rows) that set a lease; the HTTP call happens outside any transaction; the
+outcome is written in another. A worker that dies leaves leases that simply expire, and its
+events become due again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A pending event this worker may fetch until its lease ends."""
+
+    event_id: uuid.UUID
+    type: str
+    is_test: bool
+    attempts: int  # including this one
+    first_received_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedOutcome:
+    event_id: uuid.UUID
+    raw: str  # the full event exactly as Paxos sent it
+    identity_id: str | None
+    object_type: str | None
+    undelivered_webhooks: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    event_id: uuid.UUID
+    delay_s: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinalOutcome:
+    event_id: uuid.UUID
+    status: str  # "failed" | "not_found"
+    error: str
+
+
+Outcome = FetchedOutcome | RetryOutcome | FinalOutcome
+
+_CLAIM = text(
+    """
+    UPDATE events e
+    SET lease_until = now() + make_interval(secs => :lease_s), attempts = e.attempts + 1
+    WHERE e.event_id IN (
+        SELECT event_id FROM events
+        WHERE status = 'pending' AND next_attempt_at <= now()
+          AND (lease_until IS NULL OR lease_until < now())
+        ORDER BY next_attempt_at
+        LIMIT :n
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING e.event_id, e.type, e.is_test, e.attempts, e.first_received_at
+    """
+)
+
+# The full event joins the journal (once: ON CONFLICT DO NOTHING) and the events row becomes
+# `fetched` in the same transaction. `detail` is jsonb for querying; the journal keeps the
+# exact text. jsonb cannot hold \u0000, so the derived copy replaces it (the journal does not).
+_FETCHED = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:raws AS text[]), CAST(:identity_ids AS text[]),
+            CAST(:object_types AS text[]), CAST(:undelivered AS int[])
+        ) AS t(event_id, raw, identity_id, object_type, undelivered_webhooks)
+    ),
+    appended AS (
+        INSERT INTO journal (event_id, kind, body)
+        SELECT event_id, 'event', CAST(raw AS json) FROM input ORDER BY event_id
+        ON CONFLICT (event_id, kind) DO NOTHING
+    )
+    UPDATE events e SET
+        status = 'fetched',
+        detail = CAST(replace(i.raw, '\\u0000', '\\ufffd') AS jsonb),
+        identity_id = i.identity_id,
+        object_type = i.object_type,
+        undelivered_webhooks = i.undelivered_webhooks,
+        fetched_at = clock_timestamp(),
+        lease_until = NULL,
+        next_attempt_at = NULL,
+        last_error = NULL
+    FROM input i
+    WHERE e.event_id = i.event_id
+    """
+)
+
+_RETRY = text(
+    """
+    UPDATE events e SET
+        next_attempt_at = clock_timestamp() + make_interval(secs => i.delay_s),
+        last_error = i.error,
+        lease_until = NULL
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:delays AS float8[]), CAST(:errors AS text[]))
+         AS i(event_id, delay_s, error)
+    WHERE e.event_id = i.event_id AND e.status = 'pending'
+    """
+)
+
+_FINAL = text(
+    """
+    UPDATE events e SET
+        status = i.status,
+        last_error = i.error,
+        lease_until = NULL,
+        next_attempt_at = NULL
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:errors AS text[]))
+         AS i(event_id, status, error)
+    WHERE e.event_id = i.event_id AND e.status = 'pending'
+    """
+)
+
+_MAKE_DUE = text(
+    """
+    UPDATE events SET status = 'pending', next_attempt_at = now(), lease_until = NULL
+    WHERE status IN ('pending', 'failed', 'not_found') AND (:all_ OR event_id = :event_id)
+    RETURNING event_id
+    """
+)
+
+
+async def claim_due(engine: AsyncEngine, n: int, lease_s: float) -> list[Claim]:
+    """Claim up to `n` due pending events for `lease_s` seconds (own short transaction)."""
+    async with engine.begin() as conn:
+        rows = await conn.execute(_CLAIM, {"n": n, "lease_s": lease_s})
+        return [Claim(r.event_id, r.type, r.is_test, r.attempts, r.first_received_at) for r in rows]
+
+
+async def record_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> list[None]:
+    """Write fetch outcomes: stored events, retries scheduled, final failures. No commit."""
+    fetched = [o for o in outcomes if isinstance(o, FetchedOutcome)]
+    retries = [o for o in outcomes if isinstance(o, RetryOutcome)]
+    finals = [o for o in outcomes if isinstance(o, FinalOutcome)]
+    if fetched:
+        fetched.sort(key=lambda o: o.event_id)  # one lock order for concurrent writers
+        await conn.execute(
+            _FETCHED,
+            {
+                "ids": [o.event_id for o in fetched],
+                "raws": [o.raw for o in fetched],
+                "identity_ids": [o.identity_id for o in fetched],
+                "object_types": [o.object_type for o in fetched],
+                "undelivered": [o.undelivered_webhooks for o in fetched],
+            },
+        )
+    if retries:
+        retries.sort(key=lambda o: o.event_id)
+        await conn.execute(
+            _RETRY,
+            {
+                "ids": [o.event_id for o in retries],
+                "delays": [o.delay_s for o in retries],
+                "errors": [o.error for o in retries],
+            },
+        )
+    if finals:
+        finals.sort(key=lambda o: o.event_id)
+        await conn.execute(
+            _FINAL,
+            {
+                "ids": [o.event_id for o in finals],
+                "statuses": [o.status for o in finals],
+                "errors": [o.error for o in finals],
+            },
+        )
+    return [None] * len(outcomes)
+
+
+async def make_due(conn: AsyncConnection, event_id: uuid.UUID | None = None) -> list[uuid.UUID]:
+    """Make one event (or every unfetched one) due for a new Get Event now."""
+    rows = await conn.execute(_MAKE_DUE, {"all_": event_id is None, "event_id": event_id})
+    return [r.event_id for r in rows]
