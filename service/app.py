@@ -92,6 +92,8 @@ def create_app(
             render_plugins=[SwaggerRenderPlugin()],
         ),
         debug=False,
+        # Logging is configured once by the CLI (service.logs), not by the framework.
+        logging_config=None,
     )
 
 

@@ -73,7 +73,8 @@ def cli() -> None:
 @click.option(
     "--demo",
     is_flag=True,
-    help="Demo mode: fills in tokens and keys and prints them. "
+    help="Demo mode: a built-in Paxos simulator to fetch from and sample webhooks from it; "
+    "missing tokens and keys are made up and printed. "
     "The default when no Paxos credentials are set.",
 )
 @click.option(
@@ -103,18 +104,25 @@ def serve(demo: bool, no_background: bool) -> None:
 
         asyncio.run(migrate())
     settings = settings.replace(database_url=url)
+
+    def server_config(settings: Settings) -> uvicorn.Config:
+        return uvicorn.Config(
+            create_app(settings, background=not no_background),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+
     if demo:
+        from service.demo import serve_demo
+
         _print_demo_banner(settings)
-    config = uvicorn.Config(
-        create_app(settings, background=not no_background),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()
+        asyncio.run(serve_demo(settings, server_config))
+    else:
+        uvicorn.Server(server_config(settings)).run()
 
 
 def _print_demo_banner(settings: Settings) -> None:
@@ -123,6 +131,7 @@ def _print_demo_banner(settings: Settings) -> None:
     lines = [
         "",
         f"Paxos Event Store (demo) on {base}",
+        "  fetching from a built-in Paxos simulator, which also sends it sample webhooks",
         f"  read token:  {read}",
         f"  admin token: {settings.api_admin_tokens[0]}",
     ]

@@ -24,6 +24,7 @@ from service.app import create_app
 from service.db import create_engine, plain_url, start_embedded_postgres, with_database
 from service.migrations import upgrade
 from service.settings import Settings
+from tests.fetching import fetch_settings, paxos  # noqa: E402, F401 - simulator fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 READ_TOKEN = "test-read-token"

@@ -7,13 +7,10 @@ rate limit, Paxos's problems, faults. The database is real.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -24,109 +21,22 @@ from structlog.testing import capture_logs
 from service import metrics
 from service.app import create_app
 from service.background import build_paxos_client, running_background
-from service.fetcher import Fetcher, RetryPolicy
+from service.fetcher import Fetcher
 from service.paxos.client import ListFilter, PaxosClient
-from service.paxos.simulator import (
-    SimulatorConfig,
-    SimulatorState,
-    create_simulator,
-    simulator_state,
-)
-from service.paxos.universe import Universe, generate_universe
 from service.settings import Settings
 from service.store.fetch_queue import claim_due
 from service.store.tables import events, journal, rate_limits
 from tests.conftest import ROOT, admin_headers, app_client, read_headers
-from tests.factories import encode
-
-PAXOS = "http://paxos.test"
-FAST = RetryPolicy(base_s=0.02, cap_s=0.2, not_found_delays_s=(0.05, 0.05, 0.05))
-
-
-@dataclass
-class Paxos:
-    state: SimulatorState
-    http: httpx.AsyncClient
-
-    @property
-    def universe(self) -> Universe:
-        return self.state.universe
-
-
-def paxos_settings(settings: Settings, **changes: object) -> Settings:
-    return settings.replace(
-        paxos_api_url=f"{PAXOS}/v2",
-        paxos_token_url=f"{PAXOS}/oauth2/token",
-        paxos_client_id="sim-client",
-        paxos_client_secret="sim-secret",
-        paxos_api_rps=1000.0,
-        **changes,
-    )
-
-
-@pytest.fixture
-async def paxos() -> AsyncIterator[Paxos]:
-    config = SimulatorConfig(
-        universe=generate_universe(60, test_ratio=0.1, seed=11), api_rps=1000, token_rps=5
-    )
-    app = create_simulator(config)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PAXOS) as http:
-        yield Paxos(simulator_state(app), http)
-
-
-@pytest.fixture
-def fetch_settings(settings: Settings) -> Settings:
-    return paxos_settings(settings)
-
-
-async def deliver(client: httpx.AsyncClient, bodies: list[dict[str, object]]) -> None:
-    """Deliver notifications through the real intake."""
-    headers = {"Content-Type": "application/json", "X-Api-Key": "test-api-key"}
-    for body in bodies:
-        response = await client.post("/webhooks/paxos", content=encode(body), headers=headers)
-        assert response.status_code == 200, response.text
-
-
-async def pending(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return int(
-            await conn.scalar(
-                select(func.count()).select_from(events).where(events.c.status == "pending")
-            )
-            or 0
-        )
-
-
-async def settle(engine: AsyncEngine, fetcher: Fetcher, timeout: float = 20.0) -> None:
-    """Run `fetcher` until nothing is pending (or fail after `timeout`)."""
-    task = asyncio.create_task(fetcher.run())
-    try:
-        async with asyncio.timeout(timeout):
-            while await pending(engine):
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.05)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def new_fetcher(engine: AsyncEngine, settings: Settings, paxos: Paxos, **kwargs: object) -> Fetcher:
-    client = build_paxos_client(settings, engine, paxos.http)
-    return Fetcher(
-        engine,
-        client,
-        policy=kwargs.pop("policy", FAST),  # type: ignore[arg-type]
-        poll_s=0.05,
-        **kwargs,
-    )  # type: ignore[arg-type]
-
-
-async def rows(engine: AsyncEngine) -> dict[str, dict[str, object]]:
-    async with engine.connect() as conn:
-        result = await conn.execute(select(events))
-        return {str(r.event_id): dict(r._mapping) for r in result}
+from tests.fetching import (
+    FAST,
+    Paxos,
+    deliver,
+    new_fetcher,
+    paxos_settings,
+    pending,
+    rows,
+    settle,
+)
 
 
 async def test_every_notification_becomes_the_full_event(

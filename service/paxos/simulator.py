@@ -453,6 +453,12 @@ def create_simulator(config: SimulatorConfig | None = None) -> Litestar:
     async def stats() -> dict[str, Any]:
         return state.stats()
 
+    @get("/_simulator/calls")
+    async def calls() -> list[dict[str, Any]]:
+        """The call log (newest `call_log_size` calls): for tests and benchmarks that check
+        rates from Paxos's side."""
+        return [asdict(c) for c in state.calls]
+
     @patch("/_simulator/faults")
     async def set_faults(request: Request[Any, Any, Any]) -> Response[bytes]:
         """Change faults over HTTP: Faults' fields, plus `burst_429_seconds`, `outage_seconds`."""
@@ -463,7 +469,7 @@ def create_simulator(config: SimulatorConfig | None = None) -> Litestar:
         return _set_faults(state, data)
 
     app = Litestar(
-        route_handlers=[token, get_event, list_events, stats, set_faults],
+        route_handlers=[token, get_event, list_events, stats, calls, set_faults],
         openapi_config=None,
     )
     app.state.simulator = state
