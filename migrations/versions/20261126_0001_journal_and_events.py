@@ -86,10 +86,22 @@ def upgrade() -> None:
         sa.CheckConstraint("via IN ('webhook', 'list_events')", name=op.f("ck_events_via")),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_events")),
     )
+    # The /events indexes: see service/store/tables.py for which filter uses which.
     op.create_index("ix_events_time_event_id", "events", ["time", "event_id"])
-    op.create_index("ix_events_type_time_event_id", "events", ["type", "time", "event_id"])
-    op.create_index("ix_events_is_test_time_event_id", "events", ["is_test", "time", "event_id"])
-    op.create_index("ix_events_status_time_event_id", "events", ["status", "time", "event_id"])
+    op.create_index(
+        "ix_events_type_is_test_time_event_id", "events", ["type", "is_test", "time", "event_id"]
+    )
+    op.create_index(
+        "ix_events_status_is_test_time_event_id",
+        "events",
+        ["status", "is_test", "time", "event_id"],
+    )
+    op.create_index(
+        "ix_events_rare_status_type_is_test_time_event_id",
+        "events",
+        ["status", "type", "is_test", "time", "event_id"],
+        postgresql_where=sa.text("status <> 'fetched'"),
+    )
     op.create_index(
         "ix_events_identity_id_time_event_id",
         "events",
