@@ -80,3 +80,16 @@ async def test_wrong_method_is_a_problem(client: httpx.AsyncClient) -> None:
     response = await client.get("/webhooks/paxos")
     assert response.status_code == 405
     assert response.json()["status"] == 405
+
+
+async def test_read_routes_answer_503_when_the_database_is_unreachable(settings: Settings) -> None:
+    unreachable = create_engine("postgresql://postgres:hunter2@127.0.0.1:1/nowhere")
+    async for client in app_client(create_app(settings, engine=unreachable)):
+        headers = {"Authorization": "Bearer test-read-token"}
+        listing = await client.get("/events", headers=headers)
+        one = await client.get("/events/6f2c7d3e-1b1a-4f7e-9a43-1c1c1c1c1c1c", headers=headers)
+    await unreachable.dispose()
+    for response in (listing, one):
+        assert response.status_code == 503
+        assert response.json()["type"].endswith("/store-unavailable")
+        assert "hunter2" not in response.text
