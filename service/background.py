@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.fetcher import Fetcher, RetryPolicy
+from service.jobs import JOBS_CHANNEL, Handler, JobRunner
 from service.notify import listen
 from service.paxos.client import PaxosClient, TokenProvider
 from service.paxos.ratelimit import RateLimiter
@@ -47,6 +48,14 @@ def build_paxos_client(
 class Background:
     client: PaxosClient
     fetcher: Fetcher
+    jobs: JobRunner
+
+
+def job_handlers(
+    settings: Settings, engine: AsyncEngine, client: PaxosClient
+) -> dict[str, Handler]:
+    """What each kind of job does. One place, so every process runs every kind."""
+    return {}
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -71,16 +80,19 @@ async def running_background(
         raise ValueError("the background parts need settings.database_url (for LISTEN)")
     client = build_paxos_client(settings, engine, http)
     fetcher = Fetcher(engine, client, policy=RetryPolicy(horizon_s=settings.fetch_retry_horizon_s))
+    jobs = JobRunner(engine, job_handlers(settings, engine, client))
+    # One LISTEN connection per process wakes each part when its kind of work arrives.
+    wakeups = {PENDING_CHANNEL: [fetcher.wakeup], JOBS_CHANNEL: [jobs.wakeup]}
     database_url = settings.database_url
     tasks = [
         asyncio.create_task(supervise("fetcher", fetcher.run), name="fetcher"),
+        asyncio.create_task(supervise("jobs", jobs.run), name="jobs"),
         asyncio.create_task(
-            supervise("listener", lambda: listen(database_url, PENDING_CHANNEL, [fetcher.wakeup])),
-            name="notify-listener",
+            supervise("listener", lambda: listen(database_url, wakeups)), name="notify-listener"
         ),
     ]
     try:
-        yield Background(client, fetcher)
+        yield Background(client, fetcher, jobs)
     finally:
         for task in tasks:
             task.cancel()

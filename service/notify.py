@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import asyncpg
 import structlog
@@ -13,18 +13,23 @@ from service.db import plain_url
 log = structlog.get_logger(__name__)
 
 
-async def listen(url: str, channel: str, wakeups: Iterable[asyncio.Event]) -> None:
-    """Set every event in `wakeups` on each NOTIFY on `channel`, until cancelled.
+async def listen(url: str, channels: Mapping[str, Iterable[asyncio.Event]]) -> None:
+    """On each NOTIFY on a channel, set that channel's events; until cancelled.
 
     Uses a dedicated connection outside the pool (a pooled one would lose its LISTEN when
     returned) and reconnects after the database restarts. After each (re)connect it wakes the
     listeners once, since notifications sent while disconnected are lost.
     """
-    targets = list(wakeups)
+    targets = {channel: list(events) for channel, events in channels.items()}
 
-    def wake(*_: object) -> None:
-        for event in targets:
+    def wake(_conn: object, _pid: int, channel: str, _payload: str) -> None:
+        for event in targets.get(channel, ()):
             event.set()
+
+    def wake_all() -> None:
+        for events in targets.values():
+            for event in events:
+                event.set()
 
     delay = 0.5
     while True:
@@ -34,7 +39,7 @@ async def listen(url: str, channel: str, wakeups: Iterable[asyncio.Event]) -> No
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning(
                 "notify listener cannot connect; retrying",
-                channel=channel,
+                channels=list(targets),
                 error=type(exc).__name__,
                 in_s=delay,
             )
@@ -43,19 +48,22 @@ async def listen(url: str, channel: str, wakeups: Iterable[asyncio.Event]) -> No
             continue
         try:
             conn.add_termination_listener(lambda _, lost=lost: lost.set())
-            await conn.add_listener(channel, wake)
+            for channel in targets:
+                await conn.add_listener(channel, wake)
             delay = 0.5
-            wake()
+            wake_all()
             while not lost.is_set():
                 try:
                     await asyncio.wait_for(lost.wait(), 30)
                 except TimeoutError:
                     # A half-open TCP connection reports nothing: ask something now and then.
                     await conn.execute("SELECT 1", timeout=5)
-            log.warning("notify listener lost its connection; reconnecting", channel=channel)
+            log.warning("notify listener lost its connection; reconnecting", channels=list(targets))
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning(
-                "notify listener failed; reconnecting", channel=channel, error=type(exc).__name__
+                "notify listener failed; reconnecting",
+                channels=list(targets),
+                error=type(exc).__name__,
             )
         finally:
             if not conn.is_closed():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.api.auth import require_admin
 from service.api.problems import Problem
+from service.jobs import get_job
 from service.store.fetch_queue import make_due
 from service.store.tables import events
 
@@ -24,10 +26,31 @@ class Refetch(msgspec.Struct, frozen=True):
     status: str
 
 
+class JobView(msgspec.Struct, frozen=True):
+    job_id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    state: str  # queued | running | done | failed
+    progress: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class AdminController(Controller):
     path = "/admin"
     tags = ["admin"]
     guards = [require_admin]
+
+    @get("/jobs/{job_id:uuid}", summary="A job's state and progress")
+    async def job(self, request: Request[Any, Any, State], job_id: FromPath[uuid.UUID]) -> JobView:
+        engine: AsyncEngine = request.app.state.engine
+        async with engine.connect() as conn:
+            found = await get_job(conn, job_id)
+        if found is None:
+            raise NotFoundException(f"no job with id {job_id}")
+        return JobView(**found)
 
     @post(
         "/events/{event_id:uuid}/refetch",

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     UniqueConstraint,
@@ -177,4 +178,63 @@ rate_limits = Table(
     Column("tat", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     # Set by a 429 from Paxos: no process calls before then.
     Column("paused_until", DateTime(timezone=True), nullable=True),
+)
+
+JOB_STATES = ("queued", "running", "done", "failed")
+
+# Long work started from the API or the CLI (backfills, rebuilds): any process's job runner
+# claims a queued job (SKIP LOCKED); a runner that dies stops heartbeating, and another one
+# takes the job over and resumes it from its recorded progress.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", Uuid, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("params", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("state", Text, nullable=False, server_default="queued"),
+    Column("progress", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint(f"state IN {JOB_STATES!r}", name="state"),
+)
+Index("ix_jobs_state_created_at", jobs.c.state, jobs.c.created_at)
+
+# Passes over List Events: the periodic reconciler's and on-demand backfills. A pass records
+# its window, its counts, and where it has got to (`resume`), so a restart goes on from there.
+reconcile_passes = Table(
+    "reconcile_passes",
+    metadata,
+    Column("pass_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("kind", Text, nullable=False),  # "reconcile" | "backfill"
+    Column("job_id", Uuid, nullable=True),
+    Column("window_since", DateTime(timezone=True), nullable=False),
+    Column("window_until", DateTime(timezone=True), nullable=False),
+    Column("types", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("include_test", Boolean, nullable=False, server_default=text("false")),
+    Column("status", Text, nullable=False, server_default="running"),
+    Column("pages", Integer, nullable=False, server_default="0"),
+    Column("found", Integer, nullable=False, server_default="0"),
+    Column("missing", Integer, nullable=False, server_default="0"),
+    Column("known", Integer, nullable=False, server_default="0"),
+    Column("resume", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("error", Text, nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("kind IN ('reconcile', 'backfill')", name="kind"),
+    CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),
+)
+Index("ix_reconcile_passes_kind_started_at", reconcile_passes.c.kind, reconcile_passes.c.started_at)
+
+# The events each pass found missing: the missed-webhook report.
+reconcile_missed = Table(
+    "reconcile_missed",
+    metadata,
+    Column("pass_id", BigInteger, nullable=False),
+    Column("event_id", Uuid, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("pass_id", "event_id"),
 )
