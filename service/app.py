@@ -17,6 +17,7 @@ from service.api.events import EventController
 from service.api.health import HealthController
 from service.api.metrics import MetricsController
 from service.api.problems import EXCEPTION_HANDLERS
+from service.api.reconciliation import ReconciliationController
 from service.background import running_background
 from service.db import create_engine
 from service.http import new_http_client
@@ -81,6 +82,7 @@ def create_app(
             OAuthTokenController,
             MetricsController,
             AdminController,
+            ReconciliationController,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

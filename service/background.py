@@ -1,4 +1,5 @@
-"""The background parts of a process (fetcher, NOTIFY listener), started and stopped as one.
+"""The background parts of a process (fetcher, reconciler, job runner, NOTIFY listener),
+started and stopped as one.
 
 `serve` runs them beside the HTTP service unless `--no-background`; `worker` runs only them.
 Any number of processes may run them at once: all coordination goes through Postgres.
@@ -20,6 +21,7 @@ from service.jobs import JOBS_CHANNEL, Handler, JobRunner
 from service.notify import listen
 from service.paxos.client import PaxosClient, TokenProvider
 from service.paxos.ratelimit import RateLimiter
+from service.reconcile import Reconciler, backfill_job
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -55,7 +57,7 @@ def job_handlers(
     settings: Settings, engine: AsyncEngine, client: PaxosClient
 ) -> dict[str, Handler]:
     """What each kind of job does. One place, so every process runs every kind."""
-    return {}
+    return {"backfill": backfill_job(engine, client)}
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -84,8 +86,16 @@ async def running_background(
     # One LISTEN connection per process wakes each part when its kind of work arrives.
     wakeups = {PENDING_CHANNEL: [fetcher.wakeup], JOBS_CHANNEL: [jobs.wakeup]}
     database_url = settings.database_url
+    reconciler = Reconciler(
+        engine,
+        client,
+        interval_s=settings.reconcile_interval_s,
+        lookback_s=settings.reconcile_lookback_s,
+        include_test=settings.reconcile_include_test,
+    )
     tasks = [
         asyncio.create_task(supervise("fetcher", fetcher.run), name="fetcher"),
+        asyncio.create_task(supervise("reconciler", reconciler.run), name="reconciler"),
         asyncio.create_task(supervise("jobs", jobs.run), name="jobs"),
         asyncio.create_task(
             supervise("listener", lambda: listen(database_url, wakeups)), name="notify-listener"

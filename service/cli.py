@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import sys
+from datetime import datetime
 from typing import NoReturn
 
 import click
@@ -192,15 +193,55 @@ def worker() -> None:
     asyncio.run(run())
 
 
+def _rfc3339(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an RFC 3339 time such as 2026-01-07T00:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no offset: add Z or +hh:mm")
+    return moment
+
+
 @cli.command()
+@click.option("--since", callback=_rfc3339, help="Start of the window (inclusive), RFC 3339.")
+@click.option("--until", callback=_rfc3339, help="End of the window (exclusive), RFC 3339.")
+@click.option("--type", "types", multiple=True, help="Only this event type (repeatable).")
+@click.option("--include-test", is_flag=True, help="Also list test events.")
 @click.option(
     "--pending",
     is_flag=True,
-    required=True,
-    help="Make every unfetched event (pending, failed, not_found) due now.",
+    help="Instead: make every unfetched event (pending, failed, not_found) due now.",
 )
-def backfill(pending: bool) -> None:
-    """Fetch again what is not fetched yet."""
+def backfill(
+    since: datetime | None,
+    until: datetime | None,
+    types: tuple[str, ...],
+    include_test: bool,
+    pending: bool,
+) -> None:
+    """List Events over a window and store what is missing; or, with --pending, fetch again
+    what is not fetched yet.
+
+    A backfill stopped halfway resumes where it got to when run again with the same window.
+    """
+    if pending:
+        if since or until or types or include_test:
+            raise click.UsageError("--pending takes no window: use it alone")
+        _make_pending_due()
+        return
+    if since is None or until is None:
+        raise click.UsageError("give --since and --until (or --pending)")
+    if until <= since:
+        raise click.BadParameter("must be later than --since", param_hint="--until")
+    _backfill_window(since, until, types, include_test)
+
+
+def _make_pending_due() -> None:
     from sqlalchemy import text
 
     from service.db import create_engine
@@ -220,6 +261,84 @@ def backfill(pending: bool) -> None:
             await engine.dispose()
 
     click.echo(f"{asyncio.run(run())} events made due for a new Get Event")
+
+
+def _backfill_window(
+    since: datetime, until: datetime, types: tuple[str, ...], include_test: bool
+) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from service.background import build_paxos_client
+    from service.db import create_engine
+    from service.http import new_http_client
+    from service.reconcile import (
+        PassState,
+        Window,
+        load_pass,
+        run_pass,
+        start_pass,
+        unfinished_pass,
+    )
+
+    settings = load_settings(check=False)
+    if not settings.has_paxos_credentials:
+        _fail(
+            "configuration error: PAXOS_CLIENT_ID: a backfill needs PAXOS_CLIENT_ID and "
+            "PAXOS_CLIENT_SECRET"
+        )
+    url = database_url(settings)
+    window = Window(since, until, tuple(dict.fromkeys(types)), include_test)
+    span = (until - since).total_seconds()
+
+    async def run() -> PassState:
+        engine = create_engine(url, pool_size=2)
+        http = new_http_client()
+        try:
+            client = build_paxos_client(settings, engine, http)
+            resumable = await unfinished_pass(engine, "backfill", window)
+            if resumable is not None:
+                state = await load_pass(engine, resumable)
+                click.echo(
+                    f"resuming backfill pass {resumable} "
+                    f"({state.counts.found} events already listed)",
+                    err=True,
+                )
+            else:
+                state = await start_pass(engine, "backfill", window)
+            with Progress(
+                TextColumn("[bold]backfill"),
+                BarColumn(),
+                TextColumn("{task.fields[what]}"),
+                TimeElapsedColumn(),
+                disable=not sys.stderr.isatty(),
+                console=None,
+            ) as bar:
+                task = bar.add_task("backfill", total=span * len(window.listings()), what="")
+
+                def report(state: PassState, reached: str | None) -> None:
+                    done_listings = sum(1 for v in state.resume.values() if v.get("done"))
+                    within = 0.0
+                    if reached:
+                        within = (datetime.fromisoformat(reached) - since).total_seconds()
+                    c = state.counts
+                    bar.update(
+                        task,
+                        completed=done_listings * span + max(0.0, within),
+                        what=f"{c.found} found, {c.missing} missing, {c.known} known",
+                    )
+
+                await run_pass(engine, client, state, progress=report)
+            return state
+        finally:
+            await http.aclose()
+            await engine.dispose()
+
+    state = asyncio.run(run())
+    c = state.counts
+    click.echo(
+        f"backfill pass {state.pass_id}: {c.found} events found in {c.pages} pages, "
+        f"{c.missing} missing (stored now), {c.known} already known"
+    )
 
 
 @cli.command()

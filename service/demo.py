@@ -29,6 +29,8 @@ log = structlog.get_logger(__name__)
 DEMO_EVENTS = 20_000  # about three hours of webhooks at the demo's rate
 DEMO_RATE = 2.0  # webhooks per second
 DEMO_CLIENT_ID = "demo-client"
+DEMO_DROP = 0.02  # webhooks "lost" on purpose, for the reconciler to find
+DEMO_RECONCILE_INTERVAL_S = 60
 
 
 class _QuietServer(uvicorn.Server):
@@ -54,6 +56,7 @@ def demo_settings(settings: Settings, paxos_port: int, client_secret: str) -> Se
         paxos_token_url=f"{base}/oauth2/token",
         paxos_client_id=DEMO_CLIENT_ID,
         paxos_client_secret=client_secret,
+        reconcile_interval_s=min(settings.reconcile_interval_s, DEMO_RECONCILE_INTERVAL_S),
     )
 
 
@@ -81,10 +84,12 @@ async def serve_demo(
     """
     secret = secrets.token_urlsafe(24)
     now = datetime.now(UTC)
+    # Events happen as the demo runs: each is created about when its webhook is sent, so the
+    # reconciler (every minute here) finds exactly the webhooks the demo drops on purpose.
     universe = generate_universe(
         DEMO_EVENTS,
-        start=now - timedelta(hours=24),
-        end=now,
+        start=now + timedelta(seconds=2),
+        end=now + timedelta(seconds=DEMO_EVENTS / DEMO_RATE),
         test_ratio=0.02,
         seed=secrets.randbelow(2**31),
     )
@@ -128,5 +133,6 @@ async def _stream(
             auth=_sender_auth(settings),
             rate=DEMO_RATE,
             duplicates=0.05,
+            drop=DEMO_DROP,
         )
     log.info("demo: every sample webhook delivered", delivered=len(report.delivered))

@@ -35,6 +35,12 @@ RATE_LIMIT_WAITS = Counter(
     "paxos_rate_limit_waits_total",
     "Times a Paxos call waited because the deployment's rate limit was used up",
 )
+MISSED_WEBHOOKS = Counter(
+    "paxos_missed_webhooks_total",
+    "Events found by List Events (reconciler, backfill) that no webhook had brought, by type",
+    ["type"],
+)
+RECONCILE_PASSES = Counter("paxos_reconcile_passes_total", "List Events passes completed")
 PENDING = Gauge("paxos_events_pending", "Events stored but not yet fetched")
 OLDEST_PENDING_AGE = Gauge(
     "paxos_events_oldest_pending_age_seconds", "Age of the oldest event not yet fetched"

@@ -77,6 +77,7 @@ class Settings:
 
     reconcile_interval_s: int = 300
     reconcile_lookback_s: int = 86400
+    reconcile_include_test: bool = False
 
     log_level: str = "info"
     log_format: LogFormat = LogFormat.CONSOLE
@@ -116,6 +117,7 @@ class Settings:
             api_admin_tokens=r.get("API_ADMIN_TOKENS", _csv, ()),
             reconcile_interval_s=r.get("RECONCILE_INTERVAL_S", _int_in(1, 86400), 300),
             reconcile_lookback_s=r.get("RECONCILE_LOOKBACK_S", _int_in(0, 30 * 86400), 86400),
+            reconcile_include_test=r.get("RECONCILE_INCLUDE_TEST", _bool, False),
             log_level=r.get("LOG_LEVEL", _choice_str(LOG_LEVELS), "info"),
             log_format=r.get("LOG_FORMAT", _choice(LogFormat), LogFormat.CONSOLE),
         )
@@ -233,6 +235,15 @@ def _choice_str(allowed: tuple[str, ...]) -> Callable[[str], str]:
         return raw.lower()
 
     return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
 
 
 def _csv(raw: str) -> tuple[str, ...]:

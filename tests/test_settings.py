@@ -67,6 +67,7 @@ def test_every_variable_is_read() -> None:
         "API_ADMIN_TOKENS": "a1",
         "RECONCILE_INTERVAL_S": "60",
         "RECONCILE_LOOKBACK_S": "3600",
+        "RECONCILE_INCLUDE_TEST": "true",
         "LOG_LEVEL": "DEBUG",
         "LOG_FORMAT": "json",
     }
@@ -78,6 +79,7 @@ def test_every_variable_is_read() -> None:
     assert s.paxos_api_url == "https://api.paxos.com/v2"
     assert s.paxos_api_rps == 50.0
     assert s.fetch_retry_horizon_s == 86400
+    assert s.reconcile_include_test is True
     assert s.api_read_tokens == ("r1", "r2")
     assert s.log_level == "debug"
     assert s.data_dir == Path("/srv/paxos")
@@ -99,6 +101,7 @@ def test_every_variable_is_read() -> None:
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"RECONCILE_INTERVAL_S": "0"}, "RECONCILE_INTERVAL_S"),
+        ({"RECONCILE_INCLUDE_TEST": "maybe"}, "RECONCILE_INCLUDE_TEST"),
     ],
 )
 def test_a_wrong_value_is_named(env: dict[str, str], names: str) -> None:

@@ -25,7 +25,8 @@ class Received:
 # - `events` gets a row per new id; a known id only gets `deliveries` and `last_received_at`
 #   bumped (ON CONFLICT ... DO UPDATE, so concurrent duplicates wait on the row lock instead
 #   of failing). `xmax = 0` on the returned row tells an insert from a conflict-update.
-# - the journal gets the notification, for new ids only; ON CONFLICT DO NOTHING keeps it
+# - the journal gets the notification the first time it is received (for a new id, or for
+#   an event the reconciler stored before its webhook came); ON CONFLICT DO NOTHING keeps it
 #   append-only and idempotent even if two processes race.
 # Rows go in event_id order so two concurrent batches lock rows in the same order and cannot
 # deadlock.
@@ -58,7 +59,11 @@ _RECORD = text(
         INSERT INTO journal (event_id, kind, body)
         SELECT i.event_id, 'notification', CAST(i.body AS json)
         FROM input i JOIN upserted u ON u.event_id = i.event_id
-        WHERE u.inserted
+        -- New ids, and known ids whose notification we never received (an event first
+        -- learned from List Events): the journal keeps every notification once.
+        WHERE u.inserted OR NOT EXISTS (
+            SELECT 1 FROM journal j WHERE j.event_id = i.event_id AND j.kind = 'notification'
+        )
         ORDER BY i.event_id
         ON CONFLICT (event_id, kind) DO NOTHING
     )

@@ -1,0 +1,144 @@
+"""Admin routes of the List Events safety net: start a backfill, read past passes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, FromQuery
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.api.auth import require_admin
+from service.api.problems import InvalidParameter, Problem
+from service.events.notification import EventType
+from service.jobs import create_job
+from service.store.tables import reconcile_missed, reconcile_passes
+
+
+class BackfillRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A window of List Events to go over; `types` exact (Paxos filters one type at a time)."""
+
+    since: datetime
+    until: datetime
+    types: list[EventType] = msgspec.field(default_factory=list)
+    include_test: bool = False
+
+
+class JobStarted(msgspec.Struct, frozen=True):
+    job_id: uuid.UUID
+
+
+class PassView(msgspec.Struct, frozen=True):
+    pass_id: int
+    kind: str  # reconcile | backfill
+    job_id: uuid.UUID | None
+    window_since: datetime
+    window_until: datetime
+    types: list[str]
+    include_test: bool
+    status: str  # running | done | failed
+    pages: int
+    found: int
+    missing: int
+    known: int
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class Missed(msgspec.Struct, frozen=True):
+    event_id: uuid.UUID
+    type: str
+    created_at: datetime
+
+
+class PassDetail(msgspec.Struct, frozen=True):
+    pass_: PassView = msgspec.field(name="pass")
+    missed: list[Missed]
+
+
+class PassList(msgspec.Struct, frozen=True):
+    items: list[PassView]
+
+
+_PASS_COLUMNS = [c for c in reconcile_passes.c if c.name not in ("resume", "error")]
+_decoder = msgspec.json.Decoder(BackfillRequest)
+
+
+class ReconciliationController(Controller):
+    path = "/admin"
+    tags = ["admin"]
+    guards = [require_admin]
+
+    @post("/backfill", status_code=202, summary="Start a List Events backfill over a window")
+    async def backfill(self, request: Request[Any, Any, State]) -> Response[JobStarted]:
+        try:
+            wanted = _decoder.decode(await request.body())
+        except msgspec.ValidationError as exc:
+            raise Problem(
+                f"invalid backfill request: {exc}", status_code=422, type_slug="invalid-request"
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise Problem(
+                f"body is not valid JSON: {exc}", status_code=400, type_slug="invalid-json"
+            ) from None
+        for name, value in (("since", wanted.since), ("until", wanted.until)):
+            if value.tzinfo is None:
+                raise InvalidParameter(name, "must be RFC 3339 with an offset (e.g. Z)")
+        if wanted.until <= wanted.since:
+            raise InvalidParameter("until", "must be later than since")
+        engine: AsyncEngine = request.app.state.engine
+        async with engine.begin() as conn:
+            job_id = await create_job(
+                conn,
+                "backfill",
+                {
+                    "since": wanted.since.isoformat(),
+                    "until": wanted.until.isoformat(),
+                    "types": list(dict.fromkeys(wanted.types)),
+                    "include_test": wanted.include_test,
+                },
+            )
+        return Response(JobStarted(job_id), status_code=202)
+
+    @get("/reconciliation", summary="Past List Events passes with their counts, newest first")
+    async def passes(
+        self, request: Request[Any, Any, State], limit: FromQuery[int] = 20
+    ) -> PassList:
+        if not 1 <= limit <= 500:
+            raise InvalidParameter("limit", "must be from 1 to 500")
+        engine: AsyncEngine = request.app.state.engine
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(*_PASS_COLUMNS).order_by(reconcile_passes.c.pass_id.desc()).limit(limit)
+            )
+            return PassList([PassView(**r._mapping) for r in rows])
+
+    @get("/reconciliation/{pass_id:int}", summary="One pass and the missed webhooks it found")
+    async def one_pass(
+        self, request: Request[Any, Any, State], pass_id: FromPath[int]
+    ) -> PassDetail:
+        engine: AsyncEngine = request.app.state.engine
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(*_PASS_COLUMNS).where(reconcile_passes.c.pass_id == pass_id)
+                )
+            ).one_or_none()
+            if row is None:
+                raise NotFoundException(f"no reconciliation pass {pass_id}")
+            missed = await conn.execute(
+                select(
+                    reconcile_missed.c.event_id,
+                    reconcile_missed.c.type,
+                    reconcile_missed.c.created_at,
+                )
+                .where(reconcile_missed.c.pass_id == pass_id)
+                .order_by(reconcile_missed.c.created_at, reconcile_missed.c.event_id)
+            )
+            return PassDetail(PassView(**row._mapping), [Missed(**m._mapping) for m in missed])

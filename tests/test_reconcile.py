@@ -1,0 +1,411 @@
+"""Never miss an event: List Events passes, the periodic reconciler, and backfills."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.background import build_paxos_client
+from service.jobs import JobRunner
+from service.paxos.client import PaxosClient
+from service.paxos.simulator import SimulatorConfig, create_simulator, simulator_state
+from service.paxos.universe import SimEvent, generate_universe
+from service.reconcile import (
+    GRACE,
+    Counts,
+    PassState,
+    Reconciler,
+    Window,
+    backfill_job,
+    load_pass,
+    run_pass,
+    start_pass,
+    to_listed,
+)
+from service.settings import Settings
+from service.store.listed import record_listed
+from service.store.tables import events, journal, reconcile_missed, reconcile_passes
+from tests.conftest import ROOT, admin_headers, read_headers
+from tests.fetching import PAXOS, Paxos, deliver, paxos_settings
+from tests.processes import clean_env, free_port, running, wait_http
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+END = START + timedelta(days=1)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Paxos]:
+    """A Paxos holding 120 events on 2026-03-01, 10% of them test events."""
+    universe = generate_universe(120, start=START, end=END, test_ratio=0.1, seed=21, tie_ratio=0.2)
+    app = create_simulator(SimulatorConfig(universe=universe, api_rps=100_000, token_rps=50))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PAXOS) as http:
+        yield Paxos(simulator_state(app), http)
+
+
+def paxos_client(settings: Settings, engine: AsyncEngine, sim: Paxos) -> PaxosClient:
+    return build_paxos_client(paxos_settings(settings), engine, sim.http)
+
+
+async def stored(engine: AsyncEngine) -> dict[str, dict[str, object]]:
+    async with engine.connect() as conn:
+        return {str(r.event_id): dict(r._mapping) for r in await conn.execute(select(events))}
+
+
+async def journal_count(engine: AsyncEngine, kind: str) -> int:
+    async with engine.connect() as conn:
+        return int(
+            await conn.scalar(
+                select(func.count()).select_from(journal).where(journal.c.kind == kind)
+            )
+            or 0
+        )
+
+
+def split(
+    events_: list[SimEvent], dropped_share: float, seed: int
+) -> tuple[list[SimEvent], list[SimEvent]]:
+    rng = random.Random(seed)
+    dropped = [e for e in events_ if rng.random() < dropped_share]
+    return [e for e in events_ if e not in dropped], dropped
+
+
+@pytest.mark.parametrize(
+    ("cursors", "page_size"), [(True, 100), (True, 1), (False, 100), (False, 1), (False, 7)]
+)
+async def test_a_pass_leaves_the_store_holding_exactly_paxoss_events(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+    sim: Paxos,
+    cursors: bool,
+    page_size: int,
+) -> None:
+    sim.state.config.cursors = cursors
+    delivered, dropped = split(list(sim.universe), 0.3, seed=page_size)
+    await deliver(client, [e.notification() for e in delivered])
+
+    state = await start_pass(engine, "backfill", Window(START, END, (), True))
+    counts = await run_pass(engine, paxos_client(settings, engine, sim), state, page_size=page_size)
+
+    rows = await stored(engine)
+    assert set(rows) == {e.id for e in sim.universe}  # nothing lost, nothing extra
+    assert (counts.found, counts.missing, counts.known) == (
+        len(sim.universe),
+        len(dropped),
+        len(delivered),
+    )
+    for e in sim.universe:
+        row = rows[e.id]
+        assert row["status"] == "fetched" and row["detail"] == e.event_body()
+        assert row["is_test"] == e.is_test
+        assert row["via"] == ("list_events" if e in dropped else "webhook")
+        assert row["deliveries"] == (0 if e in dropped else 1)
+    assert await journal_count(engine, "event") == len(sim.universe)
+    async with engine.connect() as conn:
+        missed = set((await conn.execute(select(reconcile_missed.c.event_id))).scalars())
+    assert {str(m) for m in missed} == {e.id for e in dropped}
+
+
+async def test_a_pass_lists_only_its_window_and_types(
+    engine: AsyncEngine, settings: Settings, sim: Paxos
+) -> None:
+    since, until = START + timedelta(hours=6), START + timedelta(hours=18)
+    types = ("identity.approved", "transfer.crypto_deposit.completed")
+    state = await start_pass(engine, "backfill", Window(since, until, types, False))
+    await run_pass(engine, paxos_client(settings, engine, sim), state)
+    expected = {
+        e.id
+        for e in sim.universe
+        if not e.is_test
+        and e.type in types
+        and since <= datetime.fromisoformat(e.created_at) < until
+    }
+    assert expected and set(await stored(engine)) == expected
+
+
+async def test_a_webhook_after_a_backfill_is_a_duplicate_and_marks_it_delivered(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, sim: Paxos
+) -> None:
+    state = await start_pass(engine, "backfill", Window(START, END))
+    await run_pass(engine, paxos_client(settings, engine, sim), state)
+    event = next(e for e in sim.universe if not e.is_test)
+    response = await client.post(
+        "/webhooks/paxos",
+        content=msgspec.json.encode(event.notification()),
+        headers={"Content-Type": "application/json", "X-Api-Key": "test-api-key"},
+    )
+    assert response.json()["status"] == "duplicate"
+    row = (await stored(engine))[event.id]
+    assert (row["via"], row["deliveries"], row["status"]) == ("webhook", 1, "fetched")
+    assert row["first_received_at"] is not None
+    async with engine.connect() as conn:
+        kinds = sorted(
+            (
+                await conn.execute(select(journal.c.kind).where(journal.c.event_id == event.id))
+            ).scalars()
+        )
+    assert kinds == ["event", "notification"]  # the notification is journaled too
+
+
+async def test_a_webhook_and_a_listing_racing_for_one_event_end_as_one(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, sim: Paxos
+) -> None:
+    real = [e for e in sim.universe if not e.is_test][:40]
+    pc = paxos_client(settings, engine, sim)
+    fetched = {e.id: await pc.get_event(e.id) for e in real}
+
+    async def list_one(e: SimEvent) -> None:
+        async with engine.begin() as conn:
+            await record_listed(conn, [to_listed(fetched[e.id], False)])
+
+    headers = {"Content-Type": "application/json", "X-Api-Key": "test-api-key"}
+    results = await asyncio.gather(
+        *(
+            coro
+            for e in real
+            for coro in (
+                client.post(
+                    "/webhooks/paxos",
+                    content=msgspec.json.encode(e.notification()),
+                    headers=headers,
+                ),
+                list_one(e),
+            )
+        )
+    )
+    assert all(r.status_code == 200 for r in results if isinstance(r, httpx.Response))
+    rows = await stored(engine)
+    assert len(rows) == len(real)
+    for e in real:
+        row = rows[e.id]
+        assert (row["via"], row["deliveries"], row["status"]) == ("webhook", 1, "fetched")
+    assert await journal_count(engine, "event") == len(real)
+    assert await journal_count(engine, "notification") == len(real)
+
+
+async def test_a_stopped_pass_resumes_where_it_got_to(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, sim: Paxos
+) -> None:
+    delivered, dropped = split(list(sim.universe), 0.5, seed=3)
+    await deliver(client, [e.notification() for e in delivered])
+    pc = paxos_client(settings, engine, sim)
+    state = await start_pass(engine, "backfill", Window(START, END, (), True))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_three_pages(s: PassState, reached: str | None) -> None:
+        if s.counts.pages == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        await run_pass(engine, pc, state, page_size=10, progress=kill_after_three_pages)
+    calls_before = len(sim.state.api_calls)
+
+    resumed = await load_pass(engine, state.pass_id)
+    assert resumed.counts.pages == 3 and resumed.counts.found == 30
+    counts = await run_pass(engine, pc, resumed, page_size=10)
+    assert (counts.found, counts.missing, counts.known) == (
+        len(sim.universe),
+        len(dropped),
+        len(delivered),
+    )
+    assert set(await stored(engine)) == {e.id for e in sim.universe}
+    # It went on from page 4 rather than starting over (the 13 pages of 120 events, 10 a page,
+    # split into real and test listings, minus the 3 already done, plus the resumed boundary).
+    assert len(sim.state.api_calls) - calls_before <= 14
+
+
+async def test_one_reconciler_at_a_time_and_windows_that_overlap(
+    engine: AsyncEngine, settings: Settings, sim: Paxos, database_url: str
+) -> None:
+    from service.db import create_engine
+
+    other = create_engine(database_url)  # another process
+    now = END + GRACE + timedelta(hours=1)
+    lookback = timedelta(hours=30)
+    mine = Reconciler(
+        engine,
+        paxos_client(settings, engine, sim),
+        interval_s=300,
+        lookback_s=lookback.total_seconds(),
+    )
+    theirs = Reconciler(
+        other,
+        paxos_client(settings, other, sim),
+        interval_s=300,
+        lookback_s=lookback.total_seconds(),
+    )
+    sim.state.faults.latency_s = 0.3  # a pass long enough for the two to overlap
+    try:
+        results = await asyncio.gather(mine.run_once(now), theirs.run_once(now))
+    finally:
+        await other.dispose()
+    sim.state.faults.latency_s = 0.0
+    ran = [r for r in results if r is not None]
+    assert len(ran) == 1, results
+    first: Counts = ran[0]
+    assert first.missing == sum(1 for e in sim.universe if not e.is_test)
+
+    await mine.run_once(now + timedelta(minutes=5))
+    async with engine.connect() as conn:
+        passes = (
+            await conn.execute(
+                select(reconcile_passes)
+                .where(reconcile_passes.c.status == "done")
+                .order_by(reconcile_passes.c.pass_id)
+            )
+        ).all()
+    assert passes[0].window_since == now - lookback
+    assert passes[0].window_until == now - GRACE
+    # The next pass starts a look-back before where the last one ended.
+    assert passes[-1].window_since == passes[0].window_until - lookback
+    assert passes[-1].missing == 0 and passes[-1].known > 0
+
+
+async def test_backfill_by_api_runs_as_a_job_with_progress(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, sim: Paxos
+) -> None:
+    body = {"since": START.isoformat(), "until": END.isoformat(), "include_test": True}
+    assert (
+        await client.post("/admin/backfill", json=body, headers=read_headers())
+    ).status_code == 403
+    response = await client.post("/admin/backfill", json=body, headers=admin_headers())
+    assert response.status_code == 202
+    job_id = response.json()["job_id"]
+    queued = (await client.get(f"/admin/jobs/{job_id}", headers=admin_headers())).json()
+    assert queued["state"] == "queued" and queued["kind"] == "backfill"
+
+    runner = JobRunner(
+        engine, {"backfill": backfill_job(engine, paxos_client(settings, engine, sim))}
+    )
+    assert await runner.run_one()
+    job = (await client.get(f"/admin/jobs/{job_id}", headers=admin_headers())).json()
+    assert job["state"] == "done", job
+    assert job["progress"]["found"] == len(sim.universe) == job["progress"]["missing"]
+
+    passes = (await client.get("/admin/reconciliation", headers=admin_headers())).json()
+    assert passes["items"][0]["job_id"] == job_id
+    assert passes["items"][0]["missing"] == len(sim.universe)
+    one = (
+        await client.get(
+            f"/admin/reconciliation/{passes['items'][0]['pass_id']}", headers=admin_headers()
+        )
+    ).json()
+    assert {m["event_id"] for m in one["missed"]} == {e.id for e in sim.universe}
+    missing_pass = await client.get("/admin/reconciliation/999999", headers=admin_headers())
+    assert missing_pass.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "mentions"),
+    [
+        ({"since": "2026-03-01T00:00:00Z"}, 422, "until"),
+        ({"since": "2026-03-02T00:00:00Z", "until": "2026-03-01T00:00:00Z"}, 400, "until"),
+        ({"since": "2026-03-01T00:00:00", "until": "2026-03-02T00:00:00Z"}, 400, "since"),
+        ({"since": "yesterday", "until": "2026-03-02T00:00:00Z"}, 422, "since"),
+        (
+            {"since": "2026-03-01T00:00:00Z", "until": "2026-03-02T00:00:00Z", "types": [""]},
+            422,
+            "types",
+        ),
+        ({"since": "2026-03-01T00:00:00Z", "until": "2026-03-02T00:00:00Z", "x": 1}, 422, "x"),
+    ],
+)
+async def test_a_bad_backfill_request_is_named(
+    client: httpx.AsyncClient, body: dict[str, object], status: int, mentions: str
+) -> None:
+    response = await client.post("/admin/backfill", json=body, headers=admin_headers())
+    assert response.status_code == status
+    assert mentions in response.json()["detail"]
+
+
+@pytest.mark.slow
+async def test_backfill_command_prints_its_counts_and_resumes(
+    engine: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    paxos = f"http://127.0.0.1:{port}"
+    until = "2026-11-01T00:00:00Z"
+    env = clean_env(
+        DATABASE_URL=database_url,
+        PAXOS_API_URL=f"{paxos}/v2",
+        PAXOS_TOKEN_URL=f"{paxos}/oauth2/token",
+        PAXOS_CLIENT_ID="c",
+        PAXOS_CLIENT_SECRET="s",
+        PAXOS_API_RPS="200",
+        LOG_LEVEL="warning",
+    )
+    with running(
+        [
+            "simulate",
+            "api",
+            "--port",
+            str(port),
+            "--events",
+            "150",
+            "--test-ratio",
+            "0.1",
+            "--seed",
+            "9",
+            "--until",
+            until,
+            "--client-id",
+            "c",
+            "--client-secret",
+            "s",
+            "--rate",
+            "1000",
+        ],
+        env,
+        tmp_path / "sim.log",
+    ):
+        await asyncio.to_thread(wait_http, f"{paxos}/_simulator/stats")
+        args = [
+            sys.executable,
+            "-m",
+            "service",
+            "backfill",
+            "--since",
+            "2026-10-31T00:00:00Z",
+            "--until",
+            until,
+        ]
+        first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        second = subprocess.run(
+            [*args, "--include-test"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        bad = subprocess.run(
+            [*args[:4], "--until", "yesterday"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    assert first.returncode == 0, first.stderr
+    assert "135 events found" in first.stdout and "135 missing" in first.stdout
+    assert "0 already known" in first.stdout
+    assert second.returncode == 0, second.stderr
+    assert "150 events found" in second.stdout and "15 missing" in second.stdout
+    assert "135 already known" in second.stdout
+    assert bad.returncode == 2 and "RFC 3339" in bad.stderr
+    assert len(await stored(engine)) == 150
+    assert os.environ.get("PAXOS_CLIENT_SECRET") != "s"  # the test did not leak its env
