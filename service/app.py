@@ -49,7 +49,7 @@ def create_app(
         own_engine = engine is None
         own_client = http_client is None
         app_engine = engine or create_engine(settings.database_url or "")
-        client = http_client or new_http_client()
+        client = http_client or new_http_client(settings.paxos_max_connections)
         committer = GroupCommitter(app_engine)
         try:
             authenticator: Authenticator = await build_authenticator(settings, app_engine, client)

@@ -180,7 +180,7 @@ def worker() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         engine = create_engine(settings.database_url or "")
-        http = new_http_client()
+        http = new_http_client(settings.paxos_max_connections)
         try:
             async with running_background(settings, engine, http):
                 log.info("worker started")
@@ -292,7 +292,7 @@ def _backfill_window(
 
     async def run() -> PassState:
         engine = create_engine(url, pool_size=2)
-        http = new_http_client()
+        http = new_http_client(settings.paxos_max_connections)
         try:
             client = build_paxos_client(settings, engine, http)
             resumable = await unfinished_pass(engine, "backfill", window)

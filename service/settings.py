@@ -70,6 +70,7 @@ class Settings:
     paxos_client_secret: str | None = _secret()
     paxos_scope: str = "events:read_event"
     paxos_api_rps: float = 10.0
+    paxos_max_connections: int = 8
     fetch_retry_horizon_s: int = 7 * 86400
 
     api_read_tokens: tuple[str, ...] = field(default=(), repr=False)
@@ -109,7 +110,8 @@ class Settings:
             paxos_client_id=r.get("PAXOS_CLIENT_ID", _nonempty, None),
             paxos_client_secret=r.get("PAXOS_CLIENT_SECRET", _nonempty, None),
             paxos_scope=r.get("PAXOS_SCOPE", _nonempty, "events:read_event"),
-            paxos_api_rps=r.get("PAXOS_API_RPS", _float_in(0.1, 1000.0), 10.0),
+            paxos_api_rps=r.get("PAXOS_API_RPS", _float_in(0.1, 10_000.0), 10.0),
+            paxos_max_connections=r.get("PAXOS_MAX_CONNECTIONS", _int_in(1, 256), 8),
             fetch_retry_horizon_s=r.get(
                 "FETCH_RETRY_HORIZON_S", _int_in(60, 90 * 86400), 7 * 86400
             ),

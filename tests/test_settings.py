@@ -62,6 +62,7 @@ def test_every_variable_is_read() -> None:
         "PAXOS_CLIENT_SECRET": "psecret",
         "PAXOS_SCOPE": "events:read_event other",
         "PAXOS_API_RPS": "50",
+        "PAXOS_MAX_CONNECTIONS": "16",
         "FETCH_RETRY_HORIZON_S": "86400",
         "API_READ_TOKENS": "r1,r2",
         "API_ADMIN_TOKENS": "a1",
@@ -78,6 +79,7 @@ def test_every_variable_is_read() -> None:
     assert s.webhook_api_keys == ("a", "b", "c")
     assert s.paxos_api_url == "https://api.paxos.com/v2"
     assert s.paxos_api_rps == 50.0
+    assert s.paxos_max_connections == 16
     assert s.fetch_retry_horizon_s == 86400
     assert s.reconcile_include_test is True
     assert s.api_read_tokens == ("r1", "r2")
