@@ -55,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import create_engine, plain_url, start_embedded_postgres, with_database
 from service.migrations import upgrade
+from service.paxos.universe import TRANSFER_KINDS
 from service.store.events import EventFilter, Position, list_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,23 +72,7 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 YEAR_S = 365 * 24 * 3600
 STEP_S = 4  # times on 4 s steps: ~7.9M slots for 1M events, so thousands share a timestamp
 
-TRANSFER_KINDS = (
-    "crypto_deposit",
-    "crypto_withdrawal",
-    "act_deposit",
-    "act_withdrawal",
-    "wire_deposit",
-    "wire_withdrawal",
-    "cubix_deposit",
-    "cubix_withdrawal",
-    "scb_intrabank_deposit",
-    "scb_intrabank_withdrawal",
-    "banking_circle_intrabank_deposit",
-    "banking_circle_intrabank_withdrawal",
-    "bny_intrabank_deposit",
-    "bny_intrabank_withdrawal",
-    "rtp_deposit",
-)
+# The transfer kinds Paxos documents: the simulator's list, one vocabulary for both.
 
 
 def type_weights() -> dict[str, float]:
