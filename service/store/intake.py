@@ -46,7 +46,7 @@ _RECORD = text(
             first_received_at, last_received_at, next_attempt_at
         )
         SELECT event_id, type, source, time, object, is_test, deliveries,
-               clock_timestamp(), clock_timestamp(), now()
+               statement_timestamp(), statement_timestamp(), now()
         FROM input ORDER BY event_id
         ON CONFLICT (event_id) DO UPDATE SET
             deliveries = e.deliveries + excluded.deliveries,
