@@ -17,6 +17,12 @@ from service.api.events import EventController
 from service.api.health import HealthController
 from service.api.metrics import MetricsController
 from service.api.problems import EXCEPTION_HANDLERS
+from service.api.projections import (
+    IdentityController,
+    OrchestrationController,
+    ProjectionAdminController,
+    TransferController,
+)
 from service.api.reconciliation import ReconciliationController
 from service.background import running_background
 from service.db import create_engine
@@ -83,6 +89,10 @@ def create_app(
             MetricsController,
             AdminController,
             ReconciliationController,
+            IdentityController,
+            TransferController,
+            OrchestrationController,
+            ProjectionAdminController,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ from service.jobs import JOBS_CHANNEL, Handler, JobRunner
 from service.notify import listen
 from service.paxos.client import PaxosClient, TokenProvider
 from service.paxos.ratelimit import RateLimiter
+from service.projections.jobs import rebuild_job
+from service.projections.runner import Projector
 from service.reconcile import Reconciler, backfill_job
 from service.settings import Settings
 
@@ -57,7 +59,7 @@ def job_handlers(
     settings: Settings, engine: AsyncEngine, client: PaxosClient
 ) -> dict[str, Handler]:
     """What each kind of job does. One place, so every process runs every kind."""
-    return {"backfill": backfill_job(engine, client)}
+    return {"backfill": backfill_job(engine, client), "rebuild": rebuild_job(engine)}
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -97,6 +99,7 @@ async def running_background(
         asyncio.create_task(supervise("fetcher", fetcher.run), name="fetcher"),
         asyncio.create_task(supervise("reconciler", reconciler.run), name="reconciler"),
         asyncio.create_task(supervise("jobs", jobs.run), name="jobs"),
+        asyncio.create_task(supervise("projector", Projector(engine).run), name="projector"),
         asyncio.create_task(
             supervise("listener", lambda: listen(database_url, wakeups)), name="notify-listener"
         ),

@@ -342,6 +342,55 @@ def _backfill_window(
 
 
 @cli.command()
+@click.argument("name", default="all")
+def rebuild(name: str) -> None:
+    """Rebuild a projection (identities, transfers, orchestrations, or all) from the journal,
+    without stopping reads; a rebuild that was killed resumes where it stopped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from service.db import create_engine
+    from service.projections.rebuild import Progress as RebuildProgress
+    from service.projections.rebuild import RebuildBusy
+    from service.projections.rebuild import rebuild as rebuild_projection
+    from service.projections.runner import PROJECTIONS
+
+    if name != "all" and name not in PROJECTIONS:
+        _fail(f"no projection named {name!r}; known are {', '.join(PROJECTIONS)}, all")
+    names = list(PROJECTIONS) if name == "all" else [name]
+    url = database_url(load_settings(check=False))
+
+    async def run() -> list[RebuildProgress]:
+        engine = create_engine(url, pool_size=2)
+        results = []
+        try:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[phase]}"),
+                disable=not sys.stderr.isatty(),
+            ) as bar:
+                for projection in names:
+                    task = bar.add_task(projection, total=None, phase="")
+
+                    async def report(p: RebuildProgress, task: object = task) -> None:
+                        bar.update(task, completed=p.done, total=p.total, phase=p.phase)  # type: ignore[arg-type]
+
+                    results.append(
+                        await rebuild_projection(engine, PROJECTIONS[projection], progress=report)
+                    )
+            return results
+        except RebuildBusy as exc:
+            _fail(str(exc))
+        finally:
+            await engine.dispose()
+
+    for result in asyncio.run(run()):
+        resumed = f" (resumed from {result.resumed_from})" if result.resumed_from else ""
+        click.echo(f"{result.projection}: rebuilt from {result.done} journal events{resumed}")
+
+
+@cli.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
     from service.db import create_engine

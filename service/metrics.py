@@ -45,6 +45,17 @@ PENDING = Gauge("paxos_events_pending", "Events stored but not yet fetched")
 OLDEST_PENDING_AGE = Gauge(
     "paxos_events_oldest_pending_age_seconds", "Age of the oldest event not yet fetched"
 )
+# Set by the projector every few seconds and by GET /health/ready.
+PROJECTION_LAG_EVENTS = Gauge(
+    "paxos_projection_lag_events",
+    "Fetched events not yet applied to a projection (counted up to 100,000)",
+    ["projection"],
+)
+PROJECTION_LAG_SECONDS = Gauge(
+    "paxos_projection_lag_seconds",
+    "Age of the oldest fetched event not yet applied to a projection",
+    ["projection"],
+)
 
 # Types Paxos documents; anything else is counted as "other" so that a sender inventing types
 # cannot grow the metric without bound.

@@ -80,6 +80,9 @@ class Settings:
     reconcile_lookback_s: int = 86400
     reconcile_include_test: bool = False
 
+    # /health/ready fails when a projection is further behind the journal than this.
+    projection_max_lag_s: int = 60
+
     log_level: str = "info"
     log_format: LogFormat = LogFormat.CONSOLE
 
@@ -120,6 +123,7 @@ class Settings:
             reconcile_interval_s=r.get("RECONCILE_INTERVAL_S", _int_in(1, 86400), 300),
             reconcile_lookback_s=r.get("RECONCILE_LOOKBACK_S", _int_in(0, 30 * 86400), 86400),
             reconcile_include_test=r.get("RECONCILE_INCLUDE_TEST", _bool, False),
+            projection_max_lag_s=r.get("PROJECTION_MAX_LAG_S", _int_in(1, 7 * 86400), 60),
             log_level=r.get("LOG_LEVEL", _choice_str(LOG_LEVELS), "info"),
             log_format=r.get("LOG_FORMAT", _choice(LogFormat), LogFormat.CONSOLE),
         )

@@ -69,6 +69,7 @@ def test_every_variable_is_read() -> None:
         "RECONCILE_INTERVAL_S": "60",
         "RECONCILE_LOOKBACK_S": "3600",
         "RECONCILE_INCLUDE_TEST": "true",
+        "PROJECTION_MAX_LAG_S": "120",
         "LOG_LEVEL": "DEBUG",
         "LOG_FORMAT": "json",
     }
@@ -82,6 +83,7 @@ def test_every_variable_is_read() -> None:
     assert s.paxos_max_connections == 16
     assert s.fetch_retry_horizon_s == 86400
     assert s.reconcile_include_test is True
+    assert s.projection_max_lag_s == 120
     assert s.api_read_tokens == ("r1", "r2")
     assert s.log_level == "debug"
     assert s.data_dir == Path("/srv/paxos")

@@ -13,6 +13,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.migrations import head_revision
+from service.projections.runner import lag as projection_lag
+from service.settings import Settings
 
 
 class Live(msgspec.Struct, frozen=True):
@@ -29,6 +31,16 @@ class Ready(msgspec.Struct, frozen=True):
     database: str  # "ok" | "unreachable"
     migrations: str  # "current" | "behind" | "unknown"
     fetch_backlog: Backlog | None = None
+    # Per projection; readiness fails when one is more than PROJECTION_MAX_LAG_S behind.
+    # Left out (not null) when the database could not be asked.
+    projections: list[ProjectionLag] | msgspec.UnsetType = msgspec.UNSET
+
+
+class ProjectionLag(msgspec.Struct, frozen=True):
+    name: str
+    events_behind: int
+    seconds_behind: float
+    ok: bool
 
 
 _READY_QUERY = text(
@@ -58,13 +70,26 @@ class HealthController(Controller):
                 if migrated is None:
                     return Response(Ready("not_ready", "ok", "behind"), status_code=503)
                 row = (await conn.execute(_READY_QUERY)).one()
+                lags = await projection_lag(conn) if row.revision == head_revision() else []
         except (SQLAlchemyError, OSError, TimeoutError):
             return Response(Ready("not_ready", "unreachable", "unknown"), status_code=503)
         current = row.revision == head_revision()
+        settings: Settings = request.app.state.settings
+        projections = [
+            ProjectionLag(
+                p.name,
+                p.events_behind,
+                round(p.seconds_behind, 3),
+                p.seconds_behind <= settings.projection_max_lag_s,
+            )
+            for p in lags
+        ]
+        ok = current and all(p.ok for p in projections)
         body = Ready(
-            "ready" if current else "not_ready",
+            "ready" if ok else "not_ready",
             "ok",
             "current" if current else "behind",
             Backlog(row.pending, float(row.oldest) if row.oldest is not None else None),
+            projections,
         )
-        return Response(body, status_code=200 if current else 503)
+        return Response(body, status_code=200 if ok else 503)

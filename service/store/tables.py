@@ -238,3 +238,129 @@ reconcile_missed = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("pass_id", "event_id"),
 )
+
+# --- Projections (service/projections/): state derived from the journal, rebuildable. -------
+
+# Where each projection has read the journal to. A projection's rows and its checkpoint are
+# written in one transaction, so a crash can never apply a batch twice or lose one. The
+# position is `(xid, position)`, the gap-safe reading order of the journal (see journal.xid).
+# The runner that applies a batch holds this row's lock (FOR UPDATE SKIP LOCKED): with any
+# number of processes, exactly one applies a given batch. A rebuild keeps its own row here
+# (`<name>@rebuild`) for the shadow tables it fills, so a killed rebuild resumes from it.
+projection_checkpoints = Table(
+    "projection_checkpoints",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("xid", XID8(), nullable=False, server_default=text("'0'::xid8")),
+    Column("position", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
+# An identity's current state (DESIGN.md §3). Paxos promises no order, so every field group
+# keeps the key of the event that set it (`*_ns`: Paxos `created_at` in nanoseconds since the
+# epoch, which timestamptz cannot hold; `*_event_id` breaks ties) and takes a new value only
+# from a newer event: any delivery order gives the same row. `last_event_time` and the KYC
+# dates are kept as Paxos wrote them (nanoseconds included).
+identities = Table(
+    "identities",
+    metadata,
+    Column("identity_id", Text, primary_key=True),
+    Column("summary_status", Text, nullable=True),
+    Column("status_ns", BigInteger, nullable=True),
+    Column("status_event_id", Uuid, nullable=True),
+    Column("required_documents", JSONB, nullable=True),
+    Column("documents_ns", BigInteger, nullable=True),
+    Column("documents_event_id", Uuid, nullable=True),
+    Column("kyc_state", Text, nullable=True),
+    Column("kyc_last_refresh_at", Text, nullable=True),
+    Column("kyc_next_refresh_at", Text, nullable=True),
+    Column("kyc_ns", BigInteger, nullable=True),
+    Column("kyc_event_id", Uuid, nullable=True),
+    Column("last_ns", BigInteger, nullable=False),
+    Column("last_event_id", Uuid, nullable=False),
+    Column("last_event_type", Text, nullable=False),
+    Column("last_event_time", Text, nullable=False),
+    # Each journal row is applied once (the checkpoint moves in the same transaction) and the
+    # journal holds each event once, so adding a batch's count is exact.
+    Column("events_count", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index(
+    "ix_identities_summary_status_identity_id",
+    identities.c.summary_status,
+    identities.c.identity_id,
+)
+
+# One row per control an identity has ever had, from its newest event: a `deleted` that
+# arrives before its `created` still wins, because it is newer. Active controls are the rows
+# whose newest event is a `created` (deleted = false).
+identity_controls = Table(
+    "identity_controls",
+    metadata,
+    Column("identity_id", Text, nullable=False),
+    Column("control_id", Text, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("control_type", Text, nullable=True),
+    Column("set_by", Text, nullable=True),
+    Column("is_overridable", Boolean, nullable=True),
+    Column("reason_code", Text, nullable=True),
+    Column("created_at", Text, nullable=False),
+    Column("event_ns", BigInteger, nullable=False),
+    Column("event_id", Uuid, nullable=False),
+    PrimaryKeyConstraint("identity_id", "control_id"),
+)
+# GET /identities?control_type=...: identities with an active control of that type.
+Index(
+    "ix_identity_controls_control_type_identity_id",
+    identity_controls.c.control_type,
+    identity_controls.c.identity_id,
+    postgresql_where=identity_controls.c.deleted.is_(False),
+)
+
+# A transfer's latest state: every field from its newest event (by created_at, then id).
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("transfer_id", Text, primary_key=True),
+    Column("type", Text, nullable=True),
+    Column("status", Text, nullable=True),
+    Column("profile_id", Text, nullable=True),
+    Column("ref_id", Text, nullable=True),
+    Column("crypto_network", Text, nullable=True),
+    Column("crypto_tx_hash", Text, nullable=True),
+    Column("crypto_tx_index", Text, nullable=True),
+    Column("memo", Text, nullable=True),
+    Column("last_ns", BigInteger, nullable=False),
+    Column("last_event_id", Uuid, nullable=False),
+    Column("last_event_type", Text, nullable=False),
+    Column("last_event_time", Text, nullable=False),
+    Column("events_count", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_transfers_status_transfer_id", transfers.c.status, transfers.c.transfer_id)
+Index("ix_transfers_profile_id_transfer_id", transfers.c.profile_id, transfers.c.transfer_id)
+Index("ix_transfers_type_transfer_id", transfers.c.type, transfers.c.transfer_id)
+
+# An orchestration's latest state, from its newest event.
+orchestrations = Table(
+    "orchestrations",
+    metadata,
+    Column("orchestration_id", Text, primary_key=True),
+    Column("status", Text, nullable=True),
+    Column("ref_id", Text, nullable=True),
+    Column("orchestration_rule_id", Text, nullable=True),
+    Column("last_ns", BigInteger, nullable=False),
+    Column("last_event_id", Uuid, nullable=False),
+    Column("last_event_type", Text, nullable=False),
+    Column("last_event_time", Text, nullable=False),
+    Column("events_count", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Projections skip test events; this small index (test events are few) lets a batch of
+# journal rows be checked against them without looking up every events row.
+Index(
+    "ix_events_test_event_id",
+    events.c.event_id,
+    postgresql_where=events.c.is_test.is_(True),
+)

@@ -1,0 +1,172 @@
+"""Rebuild benchmark: `identities` from 1,000,000 journal events over 100,000 identities.
+
+    .venv/bin/python -m bench.rebuild            # loads the journal (a few minutes), then measures
+    .venv/bin/python -m bench.rebuild --reuse    # keep the loaded database from a last run
+
+What it measures, in the same run on the same rows:
+
+- a plain sequential read: every journal `event` row (`position`, `event_id`, `body`) in the
+  projector's (xid, position) order, through asyncpg to Python, on one connection;
+- `service.projections.rebuild.rebuild(engine, IDENTITIES)`: the shadow tables filled from the
+  journal, secondary indexes built, and the swap.
+
+It reports the rebuild's events/s and its time over the read's. Targets: >= 100,000 events/s
+and <= 3x the sequential read. The journal is 1,000,000 identity events, ten per identity,
+interleaved in time as they would arrive (an identity's events are spread over the whole
+journal, the worst case for batched upserts): documents required, status changes, KYC
+refreshes, controls created and deleted. Results go to stdout and bench/results/rebuild.json.
+The database is the embedded server under .data/bench unless BENCH_DATABASE_URL names another;
+a database `bench_rebuild` is created on it (and kept, for `--reuse`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from service.db import create_engine, plain_url, start_embedded_postgres, with_database
+from service.migrations import upgrade
+from service.projections.rebuild import rebuild
+from service.projections.runner import IDENTITIES
+
+EVENTS = 1_000_000
+IDENTITIES_N = 100_000
+CHUNK = 100_000
+DATABASE = "bench_rebuild"
+ROOT = Path(__file__).resolve().parent.parent
+
+# One identity's ten events, by their index in the story.
+_LOAD = """
+WITH g AS (
+    SELECT gen_random_uuid() AS eid, i, i % $3 AS ident, (i / $3) % 10 AS step
+    FROM generate_series($1::bigint, $2::bigint) i
+), typed AS (
+    SELECT g.*, (ARRAY['identity.documents_required', 'identity.denied',
+                       'identity.documents_required', 'identity.approved',
+                       'identity.kyc_refresh.started', 'identity.kyc_refresh.expired',
+                       'identity.kyc_refresh.started', 'identity.kyc_refresh.completed',
+                       'identity.control.created', 'identity.control.deleted'])[step + 1] AS type
+    FROM g
+), ev AS (
+    INSERT INTO events (event_id, type, source, time, object, is_test, status, identity_id)
+    SELECT eid, type, 'com.paxos', timestamptz '2025-01-01' + i * interval '31 ms', 'event',
+           false, 'fetched', 'idt-' || ident
+    FROM typed
+)
+INSERT INTO journal (event_id, kind, body)
+SELECT eid, 'event', json_build_object(
+    'id', eid, 'type', type, 'object_type', 'x',
+    'object', json_build_object(
+        'id', gen_random_uuid(), 'identity_id', 'idt-' || ident,
+        'old_summary_status', 'PENDING',
+        'new_summary_status', CASE type WHEN 'identity.denied' THEN 'DENIED'
+                                        WHEN 'identity.approved' THEN 'APPROVED' END,
+        'required_documents', json_build_array('PASSPORT', 'PROOF_OF_RESIDENCY'),
+        'control_id', 'ctl-' || ident, 'control_type', 'FROZEN', 'set_by', 'PAXOS',
+        'is_overridable', true, 'reason_code', 'FRAUD_REVIEW',
+        'last_kyc_refresh_date', '2024-01-07T00:00:00Z',
+        'next_kyc_refresh_date', '2026-01-07T00:00:00Z'),
+    'created_at', to_char(timestamp '2025-01-01' + i * interval '31 ms',
+                          'YYYY-MM-DD"T"HH24:MI:SS.US') || lpad((i % 1000)::text, 3, '0') || 'Z',
+    'undelivered_webhooks', 0)
+FROM typed
+"""
+
+
+async def load(url: str) -> None:
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        for lo in range(1, EVENTS + 1, CHUNK):
+            await conn.execute(_LOAD, lo, lo + CHUNK - 1, IDENTITIES_N)
+            print(f"  loaded {lo + CHUNK - 1:,} events", flush=True)
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def sequential_read(url: str) -> tuple[int, float]:
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        started = time.perf_counter()
+        rows = 0
+        async with conn.transaction():
+            async for _ in conn.cursor(
+                "SELECT position, event_id, body FROM journal WHERE kind = 'event' "
+                "ORDER BY xid, position",
+                prefetch=10_000,
+            ):
+                rows += 1
+        return rows, time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def main(reuse: bool, server: str) -> None:
+    admin = await asyncpg.connect(plain_url(server))
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
+        if not (reuse and exists):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+            exists = False
+    finally:
+        await admin.close()
+    url = with_database(server, DATABASE)
+    engine = create_engine(url, pool_size=2)
+    try:
+        if not exists:
+            await upgrade(engine)
+            print(f"loading {EVENTS:,} journal events over {IDENTITIES_N:,} identities ...")
+            await load(url)
+        load_before = os.getloadavg()[0]
+        rows, read_s = await sequential_read(url)
+        started = time.perf_counter()
+        result = await rebuild(engine, IDENTITIES)
+        rebuild_s = time.perf_counter() - started
+        load_after = os.getloadavg()[0]
+    finally:
+        await engine.dispose()
+    rate = result.done / rebuild_s
+    ratio = rebuild_s / read_s
+    report = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "events": rows,
+        "identities": IDENTITIES_N,
+        "load_average_1m": {"before": load_before, "after": load_after},
+        "sequential_read_s": round(read_s, 2),
+        "rebuild_s": round(rebuild_s, 2),
+        "rebuild_events_per_s": round(rate),
+        "rebuild_over_read": round(ratio, 2),
+        "target": {"events_per_s": 100_000, "over_read": 3.0},
+        "ok": rate >= 100_000 and ratio <= 3.0,
+    }
+    out = ROOT / "bench" / "results" / "rebuild.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"rebuild of identities: {rows:,} events in {rebuild_s:.1f} s = {rate:,.0f} events/s; "
+        f"sequential read {read_s:.1f} s; ratio {ratio:.2f}x "
+        f"(targets >= 100,000/s, <= 3x) -> {'ok' if report['ok'] else 'MISSED'}"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reuse", action="store_true", help="keep the loaded database")
+    # Started outside the event loop: it runs a loop of its own to create its database.
+    server = os.environ.get("BENCH_DATABASE_URL") or start_embedded_postgres(
+        ROOT / ".data" / "bench"
+    )
+    asyncio.run(main(parser.parse_args().reuse, server))
