@@ -1,0 +1,77 @@
+"""The intake's ceiling: the webhook path with everything but the store, for `bench.ingest`.
+
+This is the service's own `POST /webhooks/paxos` handler (API-key authentication, content-type
+check, bounded body read, `decode_notification`, the JSON answer) served by the same uvicorn
+setup as `paxos-events serve` (one worker, uvloop and httptools when installed, no access
+log), but with a committer that stores nothing and answers every notification "accepted" at
+once. Its requests per second are the most the full path could reach if a durable commit
+cost nothing; `bench.ingest` divides the real server's rate by this one.
+
+It is a bench-only app, never a route of the service:
+
+    PORT=8001 WEBHOOK_API_KEYS=bench-key .venv/bin/python -m bench.ceiling
+
+It reads the service's settings from the environment (only the webhook ones matter).
+"""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+from litestar import Litestar
+from litestar.datastructures import State
+
+from service.api.problems import EXCEPTION_HANDLERS
+from service.events.notification import Notification
+from service.logs import configure
+from service.settings import Settings
+from service.webhooks.auth import ApiKeyAuthenticator
+from service.webhooks.controller import webhook_handler
+
+
+class NullCommitter:
+    """Stands in for `GroupCommitter`: remembers nothing, calls every notification new."""
+
+    async def submit(self, notification: Notification, body: str) -> bool:
+        return True
+
+
+def create_ceiling_app(settings: Settings) -> Litestar:
+    """The intake route exactly as `create_app` mounts it, with `NullCommitter` behind it."""
+    return Litestar(
+        route_handlers=[webhook_handler(settings.webhook_max_body_bytes)],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        state=State(
+            {
+                "settings": settings,
+                "authenticator": ApiKeyAuthenticator(
+                    settings.webhook_api_key_header, settings.webhook_api_keys
+                ),
+                "committer": NullCommitter(),
+            }
+        ),
+        debug=False,
+    )
+
+
+def main() -> None:
+    settings = Settings.from_env(os.environ)
+    settings.check()
+    configure(settings.log_level, settings.log_format)
+    # The same uvicorn options as `paxos-events serve` (service/cli.py): keep them in step, or
+    # the ratio compares two different servers.
+    config = uvicorn.Config(
+        create_ceiling_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
