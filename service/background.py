@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.fetcher import Fetcher, RetryPolicy
 from service.jobs import JOBS_CHANNEL, Handler, JobRunner
-from service.notify import listen
+from service.notify import PENDING_CHANNEL, listen
 from service.paxos.client import PaxosClient, TokenProvider
 from service.paxos.ratelimit import RateLimiter
 from service.projections.jobs import rebuild_job
@@ -27,8 +27,6 @@ from service.reconcile import Reconciler, backfill_job
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-PENDING_CHANNEL = "events_pending"
 
 
 def build_paxos_client(

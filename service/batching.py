@@ -14,6 +14,7 @@ neighbours down with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -45,6 +46,11 @@ class GroupWriter(Generic[T, R]):
 
     `write(conn, items)` runs inside the transaction and returns one result per item, in
     order; it must not commit.
+
+    With `single_statement=True`, `write` promises to do all its work in one statement, which
+    Postgres runs as a transaction of its own: each writer task then keeps one connection in
+    autocommit mode instead of checking one out and sending BEGIN and COMMIT per batch
+    (measured: about a third of the server's CPU per batch), and `prepare` runs once on it.
     """
 
     def __init__(
@@ -55,12 +61,16 @@ class GroupWriter(Generic[T, R]):
         name: str,
         writers: int = 2,
         max_batch: int = 1000,
+        single_statement: bool = False,
+        prepare: Callable[[AsyncConnection], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = engine
         self._write_batch = write
         self._name = name
         self._writers = writers
         self._max_batch = max_batch
+        self._single_statement = single_statement
+        self._prepare = prepare
         self._queue: list[_Pending[T, R]] = []
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -93,20 +103,25 @@ class GroupWriter(Generic[T, R]):
         self._tasks = []
 
     async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            if self._queue:
-                self._wakeup.set()  # let an idle writer take the rest at once
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[_Pending[T, R]]) -> None:
+        held = _Held(self._engine, self._prepare) if self._single_statement else None
         try:
-            await self._write(batch)
+            while True:
+                if not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                if self._queue:
+                    self._wakeup.set()  # let an idle writer take the rest at once
+                await self._commit(batch, held)
+        finally:
+            if held is not None:
+                await held.release()
+
+    async def _commit(self, batch: list[_Pending[T, R]], held: _Held | None = None) -> None:
+        try:
+            await self._write(batch, held)
         except asyncio.CancelledError:
             _fail(batch, "shutting down")
             raise
@@ -121,7 +136,7 @@ class GroupWriter(Generic[T, R]):
                     error=describe(exc),
                 )
                 for one in batch:
-                    await self._commit_alone(one)
+                    await self._commit_alone(one, held)
                 return
             log.error("commit failed", writer=self._name, size=len(batch), error=describe(exc))
             _fail(batch, "the store is unavailable")
@@ -129,20 +144,62 @@ class GroupWriter(Generic[T, R]):
             log.error("commit failed", writer=self._name, size=len(batch), error=describe(exc))
             _fail(batch, "the store is unavailable")
 
-    async def _commit_alone(self, one: _Pending[T, R]) -> None:
+    async def _commit_alone(self, one: _Pending[T, R], held: _Held | None) -> None:
         try:
-            await self._write([one])
+            await self._write([one], held)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             log.error("item refused by the store", writer=self._name, error=describe(exc))
             _fail([one], "the store refused this item")
 
-    async def _write(self, batch: list[_Pending[T, R]]) -> None:
-        async with self._engine.begin() as conn:
-            results = await self._write_batch(conn, [p.item for p in batch])
+    async def _write(self, batch: list[_Pending[T, R]], held: _Held | None) -> None:
+        items = [p.item for p in batch]
+        if held is None:
+            async with self._engine.begin() as conn:
+                results = await self._write_batch(conn, items)
+        else:
+            conn = await held.connection()
+            try:
+                results = await self._write_batch(conn, items)
+            except BaseException:
+                await held.release()  # the next batch starts on a fresh connection
+                raise
         # Committed: now, and only now, answer.
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
+
+
+class _Held:
+    """One writer's own connection in autocommit mode, taken when first needed."""
+
+    def __init__(
+        self, engine: AsyncEngine, prepare: Callable[[AsyncConnection], Awaitable[None]] | None
+    ) -> None:
+        self._engine = engine
+        self._prepare = prepare
+        self._conn: AsyncConnection | None = None
+
+    async def connection(self) -> AsyncConnection:
+        if self._conn is None:
+            conn = await self._engine.connect()
+            try:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                if self._prepare is not None:
+                    await self._prepare(conn)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
+                # Session settings must not follow the connection back into the pool.
+                await conn.exec_driver_sql("RESET ALL")
+            with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
+                await conn.close()
 
 
 def _fail(batch: Sequence[_Pending[T, R]], reason: str) -> None:

@@ -3,14 +3,58 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping
 
 import asyncpg
 import structlog
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import plain_url
 
 log = structlog.get_logger(__name__)
+
+PENDING_CHANNEL = "events_pending"  # new events wait for their Get Event
+# A NOTIFY inside a commit takes a database-wide lock through the WAL flush, serialising
+# concurrent commits; the wake-ups are sent after the commit instead, at most this often.
+WAKE_INTERVAL_S = 0.05
+
+
+class Waker:
+    """Sends NOTIFY on `channel` after `poke`, coalescing pokes: one per `WAKE_INTERVAL_S`."""
+
+    def __init__(self, engine: AsyncEngine, channel: str) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._poked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def poke(self) -> None:
+        self._poked.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"waker-{self._channel}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._poked.wait()
+            self._poked.clear()
+            try:
+                async with self._engine.connect() as conn:
+                    await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": self._channel})
+                    await conn.commit()
+            except (SQLAlchemyError, OSError, TimeoutError):
+                pass  # only a hint: the fetcher's poll finds the work anyway
+            await asyncio.sleep(WAKE_INTERVAL_S)
 
 
 async def listen(url: str, channels: Mapping[str, Iterable[asyncio.Event]]) -> None:
