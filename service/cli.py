@@ -12,6 +12,7 @@ from typing import NoReturn
 import click
 import structlog
 
+from service.runtime import run as run_async
 from service.settings import Settings, SettingsError, WebhookAuth
 
 log = structlog.get_logger(__name__)
@@ -121,7 +122,7 @@ def serve(demo: bool, no_background: bool) -> None:
         from service.demo import serve_demo
 
         _print_demo_banner(settings)
-        asyncio.run(serve_demo(settings, server_config))
+        run_async(serve_demo(settings, server_config))
     else:
         uvicorn.Server(server_config(settings)).run()
 
@@ -190,7 +191,7 @@ def worker() -> None:
             await engine.dispose()
         log.info("worker stopped")
 
-    asyncio.run(run())
+    run_async(run())
 
 
 def _rfc3339(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -333,7 +334,7 @@ def _backfill_window(
             await http.aclose()
             await engine.dispose()
 
-    state = asyncio.run(run())
+    state = run_async(run())
     c = state.counts
     click.echo(
         f"backfill pass {state.pass_id}: {c.found} events found in {c.pages} pages, "
@@ -385,7 +386,7 @@ def rebuild(name: str) -> None:
         finally:
             await engine.dispose()
 
-    for result in asyncio.run(run()):
+    for result in run_async(run()):
         resumed = f" (resumed from {result.resumed_from})" if result.resumed_from else ""
         click.echo(f"{result.projection}: rebuilt from {result.done} journal events{resumed}")
 
