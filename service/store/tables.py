@@ -256,6 +256,21 @@ projection_checkpoints = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
 
+
+def _last_event_columns() -> list[Column[object]]:
+    """What every projection row says of the newest event applied to it, and how many."""
+    return [
+        Column("last_ns", BigInteger, nullable=False),
+        Column("last_event_id", Uuid, nullable=False),
+        Column("last_event_type", Text, nullable=False),
+        Column("last_event_time", Text, nullable=False),
+        # Each journal row is applied once (the checkpoint moves in the same transaction) and
+        # the journal holds each event once, so adding a batch's count is exact.
+        Column("events_count", BigInteger, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    ]
+
+
 # An identity's current state (DESIGN.md §3). Paxos promises no order, so every field group
 # keeps the key of the event that set it (`*_ns`: Paxos `created_at` in nanoseconds since the
 # epoch, which timestamptz cannot hold; `*_event_id` breaks ties) and takes a new value only
@@ -276,14 +291,7 @@ identities = Table(
     Column("kyc_next_refresh_at", Text, nullable=True),
     Column("kyc_ns", BigInteger, nullable=True),
     Column("kyc_event_id", Uuid, nullable=True),
-    Column("last_ns", BigInteger, nullable=False),
-    Column("last_event_id", Uuid, nullable=False),
-    Column("last_event_type", Text, nullable=False),
-    Column("last_event_time", Text, nullable=False),
-    # Each journal row is applied once (the checkpoint moves in the same transaction) and the
-    # journal holds each event once, so adding a batch's count is exact.
-    Column("events_count", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    *_last_event_columns(),
 )
 Index(
     "ix_identities_summary_status_identity_id",
@@ -330,12 +338,7 @@ transfers = Table(
     Column("crypto_tx_hash", Text, nullable=True),
     Column("crypto_tx_index", Text, nullable=True),
     Column("memo", Text, nullable=True),
-    Column("last_ns", BigInteger, nullable=False),
-    Column("last_event_id", Uuid, nullable=False),
-    Column("last_event_type", Text, nullable=False),
-    Column("last_event_time", Text, nullable=False),
-    Column("events_count", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    *_last_event_columns(),
 )
 Index("ix_transfers_status_transfer_id", transfers.c.status, transfers.c.transfer_id)
 Index("ix_transfers_profile_id_transfer_id", transfers.c.profile_id, transfers.c.transfer_id)
@@ -349,12 +352,7 @@ orchestrations = Table(
     Column("status", Text, nullable=True),
     Column("ref_id", Text, nullable=True),
     Column("orchestration_rule_id", Text, nullable=True),
-    Column("last_ns", BigInteger, nullable=False),
-    Column("last_event_id", Uuid, nullable=False),
-    Column("last_event_type", Text, nullable=False),
-    Column("last_event_time", Text, nullable=False),
-    Column("events_count", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    *_last_event_columns(),
 )
 
 # Projections skip test events; this small index (test events are few) lets a batch of
