@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.fetcher import Fetcher, RetryPolicy
 from service.jobs import JOBS_CHANNEL, Handler, JobRunner
-from service.notify import PENDING_CHANNEL, listen
+from service.notify import FETCHED_CHANNEL, PENDING_CHANNEL, listen
 from service.paxos.client import PaxosClient, TokenProvider
 from service.paxos.ratelimit import RateLimiter
 from service.projections.jobs import rebuild_job
@@ -51,6 +51,7 @@ class Background:
     client: PaxosClient
     fetcher: Fetcher
     jobs: JobRunner
+    projector: Projector
 
 
 def job_handlers(
@@ -83,8 +84,13 @@ async def running_background(
     client = build_paxos_client(settings, engine, http)
     fetcher = Fetcher(engine, client, policy=RetryPolicy(horizon_s=settings.fetch_retry_horizon_s))
     jobs = JobRunner(engine, job_handlers(settings, engine, client))
+    projector = Projector(engine)
     # One LISTEN connection per process wakes each part when its kind of work arrives.
-    wakeups = {PENDING_CHANNEL: [fetcher.wakeup], JOBS_CHANNEL: [jobs.wakeup]}
+    wakeups = {
+        PENDING_CHANNEL: [fetcher.wakeup],
+        JOBS_CHANNEL: [jobs.wakeup],
+        FETCHED_CHANNEL: [projector.wakeup],
+    }
     database_url = settings.database_url
     reconciler = Reconciler(
         engine,
@@ -97,13 +103,13 @@ async def running_background(
         asyncio.create_task(supervise("fetcher", fetcher.run), name="fetcher"),
         asyncio.create_task(supervise("reconciler", reconciler.run), name="reconciler"),
         asyncio.create_task(supervise("jobs", jobs.run), name="jobs"),
-        asyncio.create_task(supervise("projector", Projector(engine).run), name="projector"),
+        asyncio.create_task(supervise("projector", projector.run), name="projector"),
         asyncio.create_task(
             supervise("listener", lambda: listen(database_url, wakeups)), name="notify-listener"
         ),
     ]
     try:
-        yield Background(client, fetcher, jobs)
+        yield Background(client, fetcher, jobs, projector)
     finally:
         for task in tasks:
             task.cancel()

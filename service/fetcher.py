@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import metrics
 from service.batching import CommitFailed, GroupWriter
+from service.notify import FETCHED_CHANNEL, Waker
 from service.paxos.client import (
     Fetched,
     PaxosBadRequest,
@@ -130,6 +131,7 @@ class Fetcher:
         self._poll_s = poll_s
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.wakeup = asyncio.Event()
+        self._fetched = Waker(engine, FETCHED_CHANNEL)
         self._writer: GroupWriter[Outcome, None] = GroupWriter(
             engine, record_outcomes, name="fetch", writers=1
         )
@@ -137,6 +139,7 @@ class Fetcher:
     async def run(self) -> None:
         """Fetch until cancelled."""
         self._writer.start()
+        self._fetched.start()
         inflight: set[asyncio.Task[None]] = set()
         failures = 0
         try:
@@ -166,6 +169,7 @@ class Fetcher:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
             await self._writer.stop()
+            await self._fetched.stop()
 
     async def _idle(self, inflight: set[asyncio.Task[None]]) -> None:
         """Wait for a NOTIFY, a free slot, or the poll interval, whichever comes first."""
@@ -211,6 +215,8 @@ class Fetcher:
         metrics.FETCH_SECONDS.observe(time.perf_counter() - started)
         try:
             await self._writer.submit(outcome)
+            if isinstance(outcome, FetchedOutcome):
+                self._fetched.poke()  # the projector has a new journal event to apply
         except CommitFailed as exc:
             # Nothing written: the lease runs out and the event is claimed again.
             log_.warning("fetch outcome not stored; will retry", reason=str(exc))

@@ -17,6 +17,7 @@ from service.db import plain_url
 log = structlog.get_logger(__name__)
 
 PENDING_CHANNEL = "events_pending"  # new events wait for their Get Event
+FETCHED_CHANNEL = "events_fetched"  # full events joined the journal: projections have work
 # A NOTIFY inside a commit takes a database-wide lock through the WAL flush, serialising
 # concurrent commits; the wake-ups are sent after the commit instead, at most this often.
 WAKE_INTERVAL_S = 0.05

@@ -325,3 +325,24 @@ async def test_the_served_app_runs_the_fetcher_when_asked(
                 await asyncio.sleep(0.05)
         shown = (await client.get(f"/events/{sim.id}", headers=read_headers())).json()
     assert shown["status"] == "fetched" and shown["detail"] == sim.event_body()
+
+
+async def test_a_fetch_wakes_the_projector_without_waiting_for_its_poll(
+    client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
+) -> None:
+    sim = next(e for e in paxos.universe if e.type == "identity.approved" and not e.is_test)
+    async with running_background(fetch_settings, engine, paxos.http) as background:
+        # Polls alone would take half a minute: only the wake-ups can make this quick.
+        background.fetcher._poll_s = 30.0
+        background.projector._poll_s = 30.0
+        await asyncio.sleep(0.5)  # the listener connects; the first catch-up finds nothing
+        await deliver(client, [sim.notification()])
+        async with asyncio.timeout(5):
+            while True:
+                shown = await client.get(
+                    f"/identities/{sim.object['identity_id']}", headers=read_headers()
+                )
+                if shown.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+    assert shown.json()["last_event_id"] == sim.id

@@ -170,6 +170,8 @@ class Projector:
         """Catch up, then poll (the wake-up event shortens the wait)."""
         next_lag = 0.0
         while True:
+            # Cleared before catching up, so a wake-up that comes during it is not lost.
+            self.wakeup.clear()
             try:
                 await self.catch_up()
                 if time.monotonic() >= next_lag:
@@ -178,6 +180,5 @@ class Projector:
                     next_lag = time.monotonic() + self._lag_every_s
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 log.warning("projections unavailable", error=type(exc).__name__)
-            self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), self._poll_s)
