@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt migrate bench bench-ingest bench-query bench-fetch bench-backfill bench-rebuild clean
+.PHONY: help run test lint fmt migrate bench bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -48,7 +48,7 @@ migrate: $(RUN_STAMP) ## Apply migrations to DATABASE_URL (or the embedded datab
 	@command -v apt-get >/dev/null || { echo "wrk is needed for the benchmarks: install it"; exit 1; }
 	apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 
-bench: bench-ingest bench-query bench-fetch bench-backfill bench-rebuild ## Run every benchmark (prints figures; results in bench/results/)
+bench: bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag ## Run every benchmark (prints figures; results in bench/results/)
 
 bench-ingest: $(DEV_STAMP) /usr/bin/wrk ## Webhook intake throughput and latency (wrk against a real server)
 	$(BIN)/python -m bench.ingest
@@ -61,6 +61,9 @@ bench-fetch: $(DEV_STAMP) ## Get Event throughput, the shared rate limit, and we
 
 bench-backfill: $(DEV_STAMP) ## A 100,000-event List Events backfill at PAXOS_API_RPS=50
 	$(BIN)/python -m bench.backfill
+
+bench-projection-lag: $(DEV_STAMP) ## Fetch-to-projection lag at 100 webhooks/s
+	$(BIN)/python -m bench.projection_lag
 
 bench-rebuild: $(DEV_STAMP) ## Rebuild of identities from 1,000,000 journal events
 	$(BIN)/python -m bench.rebuild
