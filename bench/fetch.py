@@ -91,11 +91,11 @@ from bench.ingest import (
     Server,
     free_port,
     machine,
+    print_report,
     server_env,
     server_url,
     servers,
     start_server,
-    table,
     verdict,
     wait_until_up,
 )
@@ -1052,31 +1052,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = table_rows(m)
     passed = all(r.result != "FAIL" for r in rows)
     print()
-    print(f"date: {started_at:%Y-%m-%d %H:%M} UTC")
-    print(
-        f"machine: {info['nproc']} cpus, {info['cpu']}, Python {info['python']}, "
-        f"PostgreSQL {pg.get('server_version')} (synchronous_commit="
-        f"{pg.get('synchronous_commit')}, fsync={pg.get('fsync')})"
-    )
-    print(
+    print_report(
+        started_at,
+        info,
+        pg,
         f"load: (a) {args.a_events:,} events; (b) {args.b_events:,} events; (c) "
         f"{args.c_rate:g} webhooks/s for {args.c_warmup:g} s warm-up + {args.c_duration:g} s, "
-        f"{args.c_latency * 1000:g} ms simulated latency"
+        f"{args.c_latency * 1000:g} ms simulated latency",
+        m.phases,
+        rows,
     )
-    print(
-        "cpu per phase (machine busy / by other work; 1-min loadavg before): "
-        + ", ".join(
-            f"{k} {u.busy:.0%}/{u.others:.0%} ({u.loadavg_before:.2f})" for k, u in m.phases.items()
-        )
-    )
-    busiest = max(u.others for u in m.phases.values())
-    if busiest > 0.05:
-        print(
-            f"WARNING: other work took up to {busiest:.0%} of the machine during a phase: "
-            "these figures understate the service; rerun on a quiet machine"
-        )
-    print()
-    print(table(rows))
 
     def drain_doc(d: Drain) -> dict[str, Any]:
         return asdict(d) | {

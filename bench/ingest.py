@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -688,6 +688,38 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def print_report(
+    started_at: datetime,
+    info: dict[str, Any],
+    pg: dict[str, str],
+    load: str,
+    phases: Mapping[str, Any],
+    rows: list[Row],
+) -> None:
+    """The heading every load benchmark prints (date, machine, load, how busy), then rows."""
+    print(f"date: {started_at:%Y-%m-%d %H:%M} UTC")
+    print(
+        f"machine: {info['nproc']} cpus, {info['cpu']}, Python {info['python']}, "
+        f"PostgreSQL {pg.get('server_version')} (synchronous_commit="
+        f"{pg.get('synchronous_commit')}, fsync={pg.get('fsync')})"
+    )
+    print(load)
+    print(
+        "cpu per phase (machine busy / by other work; 1-min loadavg before): "
+        + ", ".join(
+            f"{k} {u.busy:.0%}/{u.others:.0%} ({u.loadavg_before:.2f})" for k, u in phases.items()
+        )
+    )
+    busiest = max(u.others for u in phases.values())
+    if busiest > 0.05:
+        print(
+            f"WARNING: other work took up to {busiest:.0%} of the machine during a phase: "
+            "these figures understate the service; rerun on a quiet machine"
+        )
+    print()
+    print(table(rows))
+
+
 @contextlib.contextmanager
 def servers() -> Iterator[list[Server]]:
     """Every server started inside is stopped on the way out, however the run ends."""
@@ -952,30 +984,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = table_rows(m, args.rate)
     passed = all(r.result != "FAIL" for r in rows)
     print()
-    print(f"date: {started_at:%Y-%m-%d %H:%M} UTC")
-    print(
-        f"machine: {info['nproc']} cpus, {info['cpu']}, Python {info['python']}, "
-        f"PostgreSQL {pg.get('server_version')} (synchronous_commit="
-        f"{pg.get('synchronous_commit')}, fsync={pg.get('fsync')})"
-    )
-    print(
+    print_report(
+        started_at,
+        info,
+        pg,
         f"load: wrk -t{args.threads} -c{args.connections}, {args.warmup} s warm-up + "
-        f"{args.duration} s per phase; (e) {args.rate:g}/s for {args.paced_duration:g} s"
+        f"{args.duration} s per phase; (e) {args.rate:g}/s for {args.paced_duration:g} s",
+        m.phases,
+        rows,
     )
-    print(
-        "cpu per phase (machine busy / by other work; 1-min loadavg before): "
-        + ", ".join(
-            f"{k} {u.busy:.0%}/{u.others:.0%} ({u.loadavg_before:.2f})" for k, u in m.phases.items()
-        )
-    )
-    busiest = max(u.others for u in m.phases.values())
-    if busiest > 0.05:
-        print(
-            f"WARNING: other work took up to {busiest:.0%} of the machine during a phase: "
-            "these figures understate the service; rerun on a quiet machine"
-        )
-    print()
-    print(table(rows))
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     document = {
