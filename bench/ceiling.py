@@ -42,6 +42,7 @@ def create_ceiling_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[webhook_handler(settings.webhook_max_body_bytes)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        logging_config=None,  # as in create_app
         state=State(
             {
                 "settings": settings,

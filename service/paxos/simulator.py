@@ -471,6 +471,8 @@ def create_simulator(config: SimulatorConfig | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[token, get_event, list_events, stats, calls, set_faults],
         openapi_config=None,
+        # Logging belongs to the process (service.logs), not to this app.
+        logging_config=None,
     )
     app.state.simulator = state
     return app
