@@ -89,7 +89,7 @@ class Consumer:
             answer = {"access_token": issued, "token_type": "Bearer", "expires_in": 3600}
             return Response(msgspec.json.encode(answer))
 
-        return Litestar(route_handlers=[webhook, token], openapi_config=None)
+        return Litestar(route_handlers=[webhook, token], openapi_config=None, logging_config=None)
 
     def _authorized(self, request: Request[Any, Any, Any]) -> bool:
         if self.api_key is not None:
