@@ -17,11 +17,12 @@ error becomes a bare 500 problem and its trace goes to the log only, never to th
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
 import structlog
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -98,8 +99,6 @@ def problem_response(
     **extensions: Any,
 ) -> Response[bytes]:
     """A problem+json response."""
-    from http import HTTPStatus
-
     body: dict[str, Any] = {
         "type": TYPE_BASE + type_slug if type_slug else "about:blank",
         "title": title or HTTPStatus(status).phrase,
@@ -176,7 +175,6 @@ __all__ = [
     "PROBLEM_JSON",
     "Forbidden",
     "InvalidParameter",
-    "MediaType",
     "Problem",
     "StoreUnavailable",
     "Unauthenticated",
