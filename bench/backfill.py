@@ -29,10 +29,10 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench import database
 from bench.fetch import CLI, SIM_CLIENT_ID, SIM_CLIENT_SECRET, UNTIL, start_simulator
 from bench.ingest import Row, machine, server_env, server_url, table, verdict, wait_until_up
-from service.db import create_engine, plain_url, with_database
-from service.migrations import upgrade
+from service.db import plain_url, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "backfill.json"
@@ -41,20 +41,13 @@ TARGET_RATIO = 1.2
 
 
 async def fresh_database(admin_url: str) -> str:
-    conn = await asyncpg.connect(plain_url(with_database(admin_url, "postgres")))
+    """A fresh, migrated bench database; the server's version."""
+    url = await database.recreate(admin_url, DATABASE)
+    conn = await asyncpg.connect(plain_url(url))
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
-        version = await conn.fetchval("SHOW server_version")
+        return str(await conn.fetchval("SHOW server_version"))
     finally:
         await conn.close()
-    url = with_database(admin_url, DATABASE)
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
-    return str(version)
 
 
 async def stored(url: str) -> dict[str, int]:
@@ -64,14 +57,6 @@ async def stored(url: str) -> dict[str, int]:
     finally:
         await conn.close()
     return {r["via"]: r["n"] for r in rows}
-
-
-async def drop(admin_url: str) -> None:
-    conn = await asyncpg.connect(plain_url(with_database(admin_url, "postgres")))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = wall / floor
     held = asyncio.run(stored(url))
     if not args.keep:
-        asyncio.run(drop(admin_url))
+        asyncio.run(database.drop(admin_url, DATABASE))
 
     rows = [
         Row(

@@ -83,6 +83,7 @@ import asyncpg
 import httpx
 import msgspec
 
+from bench import database
 from bench.ingest import (
     API_KEY,
     API_KEY_HEADER,
@@ -101,7 +102,6 @@ from bench.ingest import (
 )
 from service.db import create_engine, plain_url, with_database
 from service.events.notification import decode_notification
-from service.migrations import upgrade
 from service.paxos import ratelimit
 from service.paxos.simulate_cli import build_universe
 from service.store.intake import Received, record_notifications
@@ -143,27 +143,11 @@ async def pg_settings(admin_url: str) -> dict[str, str]:
 
 async def fresh_database(admin_url: str) -> str:
     """Drop and create the bench database, migrate it; its URL."""
-    conn = await asyncpg.connect(plain_url(with_database(admin_url, "postgres")))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
-    finally:
-        await conn.close()
-    url = with_database(admin_url, BENCH_DATABASE)
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
-    return url
+    return await database.recreate(admin_url, BENCH_DATABASE)
 
 
 async def drop_database(admin_url: str) -> None:
-    conn = await asyncpg.connect(plain_url(with_database(admin_url, "postgres")))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await database.drop(admin_url, BENCH_DATABASE)
 
 
 async def preload(url: str, notifications: list[dict[str, Any]], batch: int = 2000) -> None:

@@ -63,8 +63,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from service.db import create_engine, plain_url, start_embedded_postgres, with_database
-from service.migrations import upgrade
+from bench import database
+from service.db import plain_url, start_embedded_postgres, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_DIR = ROOT / "bench" / "wrk"
@@ -216,10 +216,9 @@ def server_url() -> str:
 
 async def recreate_database(admin_url: str) -> dict[str, str]:
     """Drop and create the bench database, migrate it, and return the server's settings."""
-    conn = await asyncpg.connect(plain_url(with_database(admin_url, "postgres")))
+    await database.recreate(admin_url, BENCH_DATABASE)
+    conn = await asyncpg.connect(plain_url(with_database(admin_url, BENCH_DATABASE)))
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
         rows = await conn.fetch(
             "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1::text[])",
             [
@@ -235,20 +234,11 @@ async def recreate_database(admin_url: str) -> dict[str, str]:
         )
     finally:
         await conn.close()
-    engine = create_engine(with_database(admin_url, BENCH_DATABASE), pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
     return {r["name"]: r["setting"] + (f" x {r['unit']}" if r["unit"] else "") for r in rows}
 
 
 async def drop_database(admin_url: str) -> None:
-    conn = await asyncpg.connect(plain_url(with_database(admin_url, "postgres")))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await database.drop(admin_url, BENCH_DATABASE)
 
 
 @dataclass

@@ -53,8 +53,8 @@ import asyncpg
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bench import database
 from service.db import create_engine, plain_url, start_embedded_postgres, with_database
-from service.migrations import upgrade
 from service.paxos.universe import TRANSFER_KINDS
 from service.store.events import EventFilter, Position, list_events
 
@@ -222,17 +222,7 @@ async def prepare(admin_url: str, events_n: int, reuse: bool) -> str:
         if count == events_n:
             print(f"reusing database {DATABASE} with {count:,} events")
             return url
-    admin = await asyncpg.connect(plain_url(admin_url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    engine = create_engine(url, pool_size=1)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
+    await database.recreate(admin_url, DATABASE)
     await load(url, events_n)
     return url
 
