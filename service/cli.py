@@ -243,7 +243,6 @@ def backfill(
 
 
 def _make_pending_due() -> None:
-    from sqlalchemy import text
 
     from service.db import create_engine
     from service.store.fetch_queue import make_due
@@ -256,7 +255,6 @@ def _make_pending_due() -> None:
         try:
             async with engine.begin() as conn:
                 ids = await make_due(conn)
-                await conn.execute(text("SELECT pg_notify('events_pending', '')"))
             return len(ids)
         finally:
             await engine.dispose()

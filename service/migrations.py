@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -24,7 +25,10 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str | None:
+    """The newest migration shipped with this code (read from disk once: it cannot change
+    while the process runs, and readiness probes ask often)."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

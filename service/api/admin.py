@@ -11,7 +11,7 @@ from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.api.auth import require_admin
@@ -72,5 +72,4 @@ class AdminController(Controller):
                     type_slug="already-fetched",
                 )
             await make_due(conn, event_id)
-            await conn.execute(text("SELECT pg_notify('events_pending', '')"))
         return Refetch(event_id, "pending")

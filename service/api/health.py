@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.migrations import head_revision
 from service.projections.runner import lag as projection_lag
 from service.settings import Settings
+from service.store.fetch_queue import fetch_backlog
 
 
 class Live(msgspec.Struct, frozen=True):
@@ -43,14 +44,7 @@ class ProjectionLag(msgspec.Struct, frozen=True):
     ok: bool
 
 
-_READY_QUERY = text(
-    """
-    SELECT (SELECT version_num FROM alembic_version LIMIT 1) AS revision,
-           (SELECT count(*) FROM events WHERE status = 'pending') AS pending,
-           (SELECT extract(epoch FROM now() - min(first_received_at))
-              FROM events WHERE status = 'pending') AS oldest
-    """
-)
+_REVISION = text("SELECT version_num FROM alembic_version LIMIT 1")
 
 
 class HealthController(Controller):
@@ -69,11 +63,11 @@ class HealthController(Controller):
                 migrated = await conn.scalar(text("SELECT to_regclass('alembic_version')"))
                 if migrated is None:
                     return Response(Ready("not_ready", "ok", "behind"), status_code=503)
-                row = (await conn.execute(_READY_QUERY)).one()
-                lags = await projection_lag(conn) if row.revision == head_revision() else []
+                current = await conn.scalar(_REVISION) == head_revision()
+                backlog = await fetch_backlog(conn)
+                lags = await projection_lag(conn) if current else []
         except (SQLAlchemyError, OSError, TimeoutError):
             return Response(Ready("not_ready", "unreachable", "unknown"), status_code=503)
-        current = row.revision == head_revision()
         settings: Settings = request.app.state.settings
         projections = [
             ProjectionLag(
@@ -89,7 +83,7 @@ class HealthController(Controller):
             "ready" if ok else "not_ready",
             "ok",
             "current" if current else "behind",
-            Backlog(row.pending, float(row.oldest) if row.oldest is not None else None),
+            Backlog(backlog.pending, backlog.oldest_pending_age_s),
             projections,
         )
         return Response(body, status_code=200 if ok else 503)

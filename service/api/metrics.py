@@ -7,20 +7,12 @@ from typing import Any
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import metrics
 from service.api.auth import require_read
-
-_BACKLOG = text(
-    """
-    SELECT count(*) AS pending,
-           coalesce(extract(epoch FROM now() - min(first_received_at)), 0) AS oldest
-    FROM events WHERE status = 'pending'
-    """
-)
+from service.store.fetch_queue import fetch_backlog
 
 
 class MetricsController(Controller):
@@ -33,9 +25,9 @@ class MetricsController(Controller):
         engine: AsyncEngine = request.app.state.engine
         try:
             async with engine.connect() as conn:
-                row = (await conn.execute(_BACKLOG)).one()
-            metrics.PENDING.set(row.pending)
-            metrics.OLDEST_PENDING_AGE.set(float(row.oldest))
+                backlog = await fetch_backlog(conn)
+            metrics.PENDING.set(backlog.pending)
+            metrics.OLDEST_PENDING_AGE.set(backlog.oldest_pending_age_s or 0.0)
         except (SQLAlchemyError, OSError):
             pass  # the store's state is unknown; the other metrics still say a lot
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

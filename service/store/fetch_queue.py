@@ -16,6 +16,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.notify import PENDING_CHANNEL
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:
@@ -181,7 +183,33 @@ async def record_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) ->
     return [None] * len(outcomes)
 
 
+_BACKLOG = text(
+    """
+    SELECT count(*) AS pending, extract(epoch FROM now() - min(first_received_at)) AS oldest
+    FROM events WHERE status = 'pending'
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Events waiting for their Get Event, and how long the oldest has waited."""
+
+    pending: int
+    oldest_pending_age_s: float | None
+
+
+async def fetch_backlog(conn: AsyncConnection) -> Backlog:
+    """The fetch queue's size and age (readiness and metrics report it)."""
+    row = (await conn.execute(_BACKLOG)).one()
+    return Backlog(int(row.pending), float(row.oldest) if row.oldest is not None else None)
+
+
 async def make_due(conn: AsyncConnection, event_id: uuid.UUID | None = None) -> list[uuid.UUID]:
-    """Make one event (or every unfetched one) due for a new Get Event now."""
+    """Make one event (or every unfetched one) due for a new Get Event now, and wake the
+    fetchers when the caller's transaction commits."""
     rows = await conn.execute(_MAKE_DUE, {"all_": event_id is None, "event_id": event_id})
-    return [r.event_id for r in rows]
+    due = [r.event_id for r in rows]
+    if due:
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": PENDING_CHANNEL})
+    return due
