@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 import structlog
 from sqlalchemy import insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics
 from service.fetcher import identity_id_of
@@ -201,7 +200,8 @@ async def run_pass(
                     if maybe is not None:
                         await maybe
             state.resume[key] = {"done": True}
-            await _save(engine, state)
+            async with engine.begin() as conn:
+                await _save(conn, state)
     except Exception as exc:
         log_.warning(
             "pass stopped; it resumes from where it got to",
@@ -257,7 +257,7 @@ async def _store_page(
                     "times": [i.created_at for i in lost],
                 },
             )
-        await _save(engine, state, conn)
+        await _save(conn, state)
     for item in listed:
         if item.event_id in missing:
             metrics.MISSED_WEBHOOKS.labels(type=metrics.type_label(item.type)).inc()
@@ -278,22 +278,19 @@ _REPORT_MISSED = text(
 )
 
 
-async def _save(engine: AsyncEngine, state: PassState, conn: Any = None) -> None:
-    values = {
-        "pages": state.counts.pages,
-        "found": state.counts.found,
-        "missing": state.counts.missing,
-        "known": state.counts.known,
-        "resume": msgspec.json.decode(msgspec.json.encode(state.resume)),
-    }
-    statement = (
-        update(reconcile_passes).where(reconcile_passes.c.pass_id == state.pass_id).values(**values)
+async def _save(conn: AsyncConnection, state: PassState) -> None:
+    """Record the pass's counts and where each listing has got to, in `conn`'s transaction."""
+    await conn.execute(
+        update(reconcile_passes)
+        .where(reconcile_passes.c.pass_id == state.pass_id)
+        .values(
+            pages=state.counts.pages,
+            found=state.counts.found,
+            missing=state.counts.missing,
+            known=state.counts.known,
+            resume=state.resume,
+        )
     )
-    if conn is not None:
-        await conn.execute(statement)
-        return
-    async with engine.begin() as own:
-        await own.execute(statement)
 
 
 class Reconciler:
