@@ -33,8 +33,9 @@ async def test_two_limiters_on_one_row_share_the_rate(
 
     async def caller(limiter: RateLimiter, n: int) -> None:
         for _ in range(n):
-            await limiter.acquire()
-            calls.append(time.monotonic())
+            # The permit's scheduled start: what the limiter controls. (When the waiting
+            # coroutine wakes also depends on how busy the event loop is.)
+            calls.append(await limiter.acquire())
 
     try:
         started = time.monotonic()
@@ -43,9 +44,9 @@ async def test_two_limiters_on_one_row_share_the_rate(
     finally:
         await other.dispose()
     assert len(calls) == 120
-    # Never above the rate in any one-second window (one permit of slack for the window's
-    # edges and the scheduler), and the limit was used: 120 calls at 40/s take about 3 s.
-    assert max_in_any_window(calls) <= rate + 1
+    # Never above the rate in any one-second window, and the limit was used: 120 calls at
+    # 40/s take about 3 s.
+    assert max_in_any_window(calls) <= rate
     assert elapsed < 120 / rate * 1.25
     gaps = [b - a for a, b in zip(sorted(calls), sorted(calls)[1:], strict=False)]
     assert min(gaps) > 0  # spaced, never two at once

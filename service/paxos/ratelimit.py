@@ -41,6 +41,7 @@ _TAKE = text(
                           - :n * make_interval(secs => :interval)) AS first_in
     )
     SELECT (SELECT first_in FROM taken) AS first_in,
+           extract(epoch FROM (SELECT t FROM now)) AS db_now,
            (SELECT extract(epoch FROM greatest(r.tat, r.paused_until, now.t) - now.t)
               FROM rate_limits r, now WHERE r.name = :name) AS wait
     """
@@ -60,16 +61,36 @@ _PAUSE = text(
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """`count` permits; the i-th may be used `first_in + i * interval` seconds from `issued`."""
+    """`count` permits; the i-th may be used at `first + i * interval` (time.monotonic())."""
 
     count: int
-    first_in: float
+    first: float
     interval: float
-    issued: float  # time.monotonic() when granted
 
     def start_of(self, i: int) -> float:
         """The monotonic time at which permit `i` may be used."""
-        return self.issued + max(0.0, self.first_in) + i * self.interval
+        return self.first + i * self.interval
+
+
+class _ClockMap:
+    """Maps the database's clock onto this process's monotonic clock.
+
+    Slots are booked on the database's clock. Anchoring each grant at the moment its answer
+    arrived would shift it by that round trip's latency, which varies: two grants could then
+    overlap and let a second hold more calls than the rate. Each round trip says the database
+    read its clock between our send and our receipt; the tightest such bound over recent
+    round trips gives one offset for every grant, as NTP does.
+    """
+
+    def __init__(self, keep: int = 32) -> None:
+        self._bounds: collections.deque[float] = collections.deque(maxlen=keep)
+
+    def observe(self, sent: float, received: float, db_now: float) -> None:
+        del sent  # the lower bound is not needed: a late, consistent anchor is harmless
+        self._bounds.append(received - db_now)
+
+    def local(self, db_time: float) -> float:
+        return db_time + min(self._bounds)
 
 
 class RateLimiter:
@@ -83,6 +104,7 @@ class RateLimiter:
         # and the margin keeps even a jittered one-second window within the limit.
         self.interval = 1.0 / (rate * SAFETY)
         self._slots: collections.deque[float] = collections.deque()
+        self._clock = _ClockMap()
         self._lock = asyncio.Lock()
         self._waiting = 0
 
@@ -91,6 +113,7 @@ class RateLimiter:
         n = max(1, min(n, int(self.rate * HORIZON_S) or 1))
         while True:
             async with self._engine.begin() as conn:
+                sent = time.monotonic()
                 row = (
                     await conn.execute(
                         _TAKE,
@@ -102,8 +125,10 @@ class RateLimiter:
                         },
                     )
                 ).one()
+                self._clock.observe(sent, time.monotonic(), float(row.db_now))
             if row.first_in is not None:
-                return Grant(n, float(row.first_in), self.interval, time.monotonic())
+                first = self._clock.local(float(row.db_now) + max(0.0, float(row.first_in)))
+                return Grant(n, first, self.interval)
             if row.wait is None:  # the first call of the deployment: the row is not there yet
                 async with self._engine.begin() as conn:
                     await conn.execute(_CREATE, {"name": self.name})
@@ -112,8 +137,8 @@ class RateLimiter:
             # Sleep until the booked-ahead window has room again (or the pause ends).
             await asyncio.sleep(max(0.01, float(row.wait or 0) - HORIZON_S + self.interval))
 
-    async def acquire(self) -> None:
-        """Wait for one permit and its start time.
+    async def acquire(self) -> float:
+        """Wait for one permit and its start time; return that time (time.monotonic()).
 
         Callers of one process share bookings: whoever finds no booked slot books as many as
         there are callers waiting (one round trip), and the others take those slots in turn.
@@ -128,6 +153,7 @@ class RateLimiter:
         finally:
             self._waiting -= 1
         await sleep_until(start)
+        return start
 
     async def pause(self, seconds: float) -> None:
         """Stop every process's calls for `seconds` (Paxos said 429)."""
