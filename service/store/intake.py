@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.events.notification import Notification
+from service.store.tables import RECEIPT_TIMES_KEPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +24,9 @@ class Received:
 
 # One round trip records the whole batch:
 # - `events` gets a row per new id; a known id only gets `deliveries` and `last_received_at`
-#   bumped (ON CONFLICT ... DO UPDATE, so concurrent duplicates wait on the row lock instead
-#   of failing). `xmax = 0` on the returned row tells an insert from a conflict-update.
+#   bumped, and its receipt time appended to `receipt_times` (the audit export's evidence)
+#   (ON CONFLICT ... DO UPDATE, so concurrent duplicates wait on the row lock instead of
+#   failing). `xmax = 0` on the returned row tells an insert from a conflict-update.
 # - the journal gets the notification the first time it is received (for a new id, or for
 #   an event the reconciler stored before its webhook came); ON CONFLICT DO NOTHING keeps it
 #   append-only and idempotent even if two processes race.
@@ -45,14 +47,23 @@ _RECORD = """
     upserted AS (
         INSERT INTO events AS e (
             event_id, type, source, time, object, is_test, deliveries,
-            first_received_at, last_received_at, next_attempt_at
+            first_received_at, last_received_at, receipt_times, next_attempt_at
         )
         SELECT event_id, type, source, time, object, is_test, deliveries,
-               statement_timestamp(), statement_timestamp(), now()
+               statement_timestamp(), statement_timestamp(),
+               array_fill(statement_timestamp(), ARRAY[deliveries]), now()
         FROM input ORDER BY event_id
         ON CONFLICT (event_id) DO UPDATE SET
             deliveries = e.deliveries + excluded.deliveries,
             last_received_at = excluded.last_received_at,
+            -- Every receipt time up to the first RECEIPT_TIMES_KEPT; past that the array is
+            -- left as it is (not even rewritten: an id delivered over and over costs no more).
+            receipt_times = CASE
+                WHEN coalesce(cardinality(e.receipt_times), 0) >= RECEIPT_TIMES_KEPT
+                THEN e.receipt_times
+                ELSE (coalesce(e.receipt_times, '{}') || excluded.receipt_times)[
+                    1:RECEIPT_TIMES_KEPT]
+            END,
             first_received_at = coalesce(e.first_received_at, excluded.first_received_at),
             via = 'webhook'
         RETURNING e.event_id, (e.xmax = 0) AS inserted
@@ -70,7 +81,7 @@ _RECORD = """
         ON CONFLICT (event_id, kind) DO NOTHING
     )
     SELECT event_id, inserted FROM upserted
-"""
+""".replace("RECEIPT_TIMES_KEPT", str(RECEIPT_TIMES_KEPT))
 
 
 async def record_notifications(

@@ -24,7 +24,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSON, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import UserDefinedType
 
@@ -105,6 +105,10 @@ events = Table(
     Column("object_type", Text, nullable=True),
     Column("undelivered_webhooks", Integer, nullable=True),
     Column("detail", JSONB(none_as_null=True), nullable=True),
+    # Every webhook receipt time (the audit export's evidence of "when Paxos told us"),
+    # appended by the intake in the statement that bumps `deliveries`: the first
+    # RECEIPT_TIMES_KEPT of them (`deliveries` and `last_received_at` stay exact past that).
+    Column("receipt_times", ARRAY(DateTime(timezone=True)), nullable=True),
     CheckConstraint(f"status IN {EVENT_STATUSES!r}", name="status"),
     CheckConstraint(f"via IN {EVENT_VIAS!r}", name="via"),
 )
@@ -361,4 +365,76 @@ Index(
     "ix_events_test_event_id",
     events.c.event_id,
     postgresql_where=events.c.is_test.is_(True),
+)
+
+# --- The audit trail (service/audit/): seals over the journal, verification, pruning. ------
+
+# How many receipt times an event keeps (events.receipt_times): more than the retries Paxos
+# makes (exponential backoff from 5 s over 24 hours: under 20), and small enough to stay
+# inline in the row (keeping the newest 1,000 rewrote a TOASTed array on every duplicate:
+# a batch of duplicates cost 15 times more, measured).
+RECEIPT_TIMES_KEPT = 100
+
+# A hash chain over the journal in position order. Each seal covers the contiguous positions
+# first_position..last_position (the previous seal's last + 1 onwards, so a row inserted into
+# any gap of a sealed range is caught), and holds for each row present its position and
+# canonical hash (`rows_digest`: 8-byte big-endian position + 32-byte SHA-256 per row), so a
+# verifier names the exact row changed, deleted or inserted. `hash` chains `prev_hash` (the
+# previous seal's hash; 32 zero bytes for the first). seal_id is the previous one + 1; the
+# unique prev_hash forbids forks. Canonical forms: README "Audit trail".
+seals = Table(
+    "seals",
+    metadata,
+    Column("seal_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("first_position", BigInteger, nullable=False),
+    Column("last_position", BigInteger, nullable=False),
+    Column("row_count", Integer, nullable=False),
+    Column("rows_digest", LargeBinary, nullable=False),
+    Column("prev_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("sealed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("first_position <= last_position", name="range"),
+    UniqueConstraint("first_position"),
+    UniqueConstraint("prev_hash"),
+)
+
+# Each `paxos-events prune` run: its threshold and what it removed.
+prunes = Table(
+    "prunes",
+    metadata,
+    Column("prune_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("pruned_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("older_than_days", Integer, nullable=False),
+    Column("cutoff", DateTime(timezone=True), nullable=False),
+    Column("events", Integer, nullable=False),
+    Column("journal_rows", Integer, nullable=False),
+)
+
+# Every journal row ever pruned, with its canonical hash: the journal's append-only trigger
+# lets a DELETE through only for a test event's row recorded here first, so the seal chain
+# stays verifiable after pruning (verify accounts the position by this hash). The events
+# table has a trigger too: a row is deleted only if it is a test event whose journal rows
+# are all gone and recorded here (migration 0006).
+pruned_journal_rows = Table(
+    "pruned_journal_rows",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_id", Uuid, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("row_hash", LargeBinary, nullable=False),
+    Column("prune_id", BigInteger, nullable=False),
+)
+# The events table's delete guard looks a test event's pruned rows up by id.
+Index("ix_pruned_journal_rows_event_id", pruned_journal_rows.c.event_id)
+
+# Each verification run and its result (the operator console shows the latest).
+audit_verifications = Table(
+    "audit_verifications",
+    metadata,
+    Column("verification_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("ran_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("ok", Boolean, nullable=False),
+    Column("sealed_through", BigInteger, nullable=True),
+    Column("rows_checked", BigInteger, nullable=False),
+    Column("problems", JSONB, nullable=False),
 )

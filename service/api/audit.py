@@ -1,0 +1,164 @@
+"""GET /audit/verify and GET /audit/export (DESIGN.md §3): the audit trail over HTTP.
+
+Both are read-API routes. The export streams (constant memory, however large the window);
+its parameters are all checked before the first byte goes out, so a bad one is a 400 problem.
+An export cut short (the database went away mid-way) lacks its trailer record: a reader that
+finds no trailer knows the export is incomplete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Controller, Request, get
+from litestar.datastructures import State
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    Schema,
+)
+from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.api.auth import require_read
+from service.api.events import MAX_VALUE_LENGTH, _parse_identity_id, _parse_time
+from service.api.problems import PROBLEM_JSON, InvalidParameter
+from service.audit.export import FORMATS, ExportQuery, export
+from service.audit.verify import verify
+from service.settings import Settings
+
+EXPORT_PARAMETERS = ("since", "until", "identity_id", "format")
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+@dataclass
+class ExportOperation(Operation):
+    """The export's OpenAPI description: its parameters (parsed by hand) and its two formats."""
+
+    def __post_init__(self) -> None:
+        time = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME)
+        self.parameters = [
+            *(self.parameters or []),
+            Parameter(
+                name="since",
+                param_in="query",
+                schema=time,
+                description="Events at or after this event time (RFC 3339 with offset).",
+            ),
+            Parameter(
+                name="until",
+                param_in="query",
+                schema=time,
+                description="Events before this event time (exclusive; RFC 3339 with offset).",
+            ),
+            Parameter(
+                name="identity_id",
+                param_in="query",
+                schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_VALUE_LENGTH),
+                description="Only this identity's events.",
+            ),
+            Parameter(
+                name="format",
+                param_in="query",
+                schema=Schema(type=OpenAPIType.STRING, enum=list(FORMATS), default="jsonl"),
+                description="`jsonl` (JSON Lines, one record per line) or `csv`.",
+            ),
+        ]
+        text = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+        self.responses = {
+            **(self.responses or {}),
+            "200": OpenAPIResponse(
+                description=(
+                    "The records, streamed: one per event, then a trailer record "
+                    "(see the README's Audit trail section)."
+                ),
+                content={"application/x-ndjson": text, "text/csv": text},
+            ),
+            "400": OpenAPIResponse(
+                description="A bad query parameter; the problem's `parameter` member names it.",
+                content={PROBLEM_JSON: OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT))},
+            ),
+        }
+
+
+def parse_export_query(request: Request[Any, Any, State]) -> ExportQuery:
+    """The export the query string asks for; an `InvalidParameter` naming the first bad one."""
+    params = request.query_params
+    for name in dict.fromkeys(params.keys()):
+        if name not in EXPORT_PARAMETERS:
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise InvalidParameter(
+                shown, f"unknown parameter; known are {', '.join(EXPORT_PARAMETERS)}"
+            )
+
+    def single(name: str) -> str | None:
+        values: list[str] = params.getall(name, [])
+        if len(values) > 1:
+            raise InvalidParameter(name, "given more than once")
+        return values[0] if values else None
+
+    since = _parse_time("since", single("since"))
+    until = _parse_time("until", single("until"))
+    if since is not None and until is not None and until <= since:
+        raise InvalidParameter("until", "must be later than since")
+    form = single("format")
+    if form is None:
+        form = "jsonl"
+    if form not in FORMATS:
+        raise InvalidParameter("format", f"{form!r}: must be one of {', '.join(FORMATS)}")
+    return ExportQuery(
+        since=since,
+        until=until,
+        identity_id=_parse_identity_id(single("identity_id")),
+        format=form,
+    )
+
+
+class AuditController(Controller):
+    path = "/audit"
+    tags = ["audit"]
+    guards = [require_read]
+
+    @get(
+        "/verify",
+        summary="Verify the seal chain against the journal",
+        description=(
+            "Recomputes every seal from the journal; `problems` names each changed, deleted "
+            "or inserted row, broken chain link, and an unsealed backlog older than "
+            "AUDIT_MAX_UNSEALED_AGE_S. The run is recorded."
+        ),
+    )
+    async def verify_chain(self, request: Request[Any, Any, State]) -> dict[str, Any]:
+        if request.query_params:
+            raise InvalidParameter(next(iter(request.query_params)), "takes no parameters")
+        settings: Settings = request.app.state.settings
+        engine: AsyncEngine = request.app.state.engine
+        report = await verify(engine, settings)
+        return report.as_dict()
+
+    @get(
+        "/export",
+        summary="Export events with their evidence (JSON Lines or CSV, streamed)",
+        description=(
+            "Events with event time in [since, until), optionally one identity's: the "
+            "notification as received, every receipt time, the fetch time, the delivery count, "
+            "`via`, and the full event, each journal row with its position and canonical hash. "
+            "The last record is a trailer naming the seals that cover the exported rows."
+        ),
+        operation_class=ExportOperation,
+    )
+    async def export_events(self, request: Request[Any, Any, State]) -> Stream:
+        query = parse_export_query(request)
+        engine: AsyncEngine = request.app.state.engine
+        return Stream(
+            export(engine, query),
+            media_type=MEDIA_TYPES[query.format],
+            headers={
+                "Content-Disposition": f'attachment; filename="paxos-events-export.{query.format}"'
+            },
+        )

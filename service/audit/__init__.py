@@ -1,0 +1,1 @@
+"""The tamper-evident audit trail: seals over the journal, verification, exports, pruning."""

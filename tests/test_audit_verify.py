@@ -1,0 +1,218 @@
+"""Verify: each kind of tampering, done through SQL as a superuser with the append-only
+triggers off, is found and named with its position or seal; a clean chain verifies ok."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.audit.seals import head, seal_pending
+from service.audit.verify import VerifyReport, last_run, verify
+from tests.conftest import read_headers
+from tests.processes import clean_env
+from tests.test_audit_seals import add_events, burn_position
+
+THRESHOLD_S = 3600.0
+
+
+async def tamper(engine: AsyncEngine, statement: str, params: dict[str, Any] | None = None) -> None:
+    """What a superuser could do by hand: triggers off (replica role), then `statement`."""
+    async with engine.begin() as conn:
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        await conn.execute(text(statement), params or {})
+
+
+async def sealed_journal(engine: AsyncEngine) -> None:
+    """Three events (six rows), a burned position, two more (four rows); all sealed."""
+    await add_events(engine, 3)
+    await burn_position(engine)
+    await add_events(engine, 2)
+    assert await seal_pending(engine, max_rows=4)
+
+
+def kinds(report: VerifyReport) -> list[tuple[str, int | None, int | None]]:
+    return [(p.kind, p.position, p.seal_id) for p in report.problems]
+
+
+async def test_a_clean_chain_verifies_ok_and_the_run_is_recorded(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    report = await verify(engine, THRESHOLD_S)
+    assert report.ok, report.problems
+    assert report.problems == ()
+    assert report.rows_checked == 10
+    assert report.sealed_through == 11  # the burned position is inside a seal's range
+    async with engine.connect() as conn:
+        newest = await head(conn)
+        run = await last_run(conn)
+    assert newest is not None and report.head_hash == newest.hash_hex
+    assert run is not None
+    assert (run.ok, run.sealed_through, run.rows_checked, run.problem_count) == (True, 11, 10, 0)
+
+
+async def test_a_changed_body_is_a_changed_row(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    await tamper(engine, 'UPDATE journal SET body = \'{"id": "forged"}\' WHERE position = 5')
+    report = await verify(engine, THRESHOLD_S)
+    assert not report.ok
+    assert kinds(report) == [("changed_row", 5, 2)]
+    async with engine.connect() as conn:
+        run = await last_run(conn)
+    assert run is not None and (run.ok, run.problem_count) == (False, 1)
+
+
+async def test_a_changed_recorded_at_is_a_changed_row(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    await tamper(
+        engine, "UPDATE journal SET recorded_at = recorded_at - interval '1 day' WHERE position = 2"
+    )
+    assert kinds(await verify(engine, THRESHOLD_S)) == [("changed_row", 2, 1)]
+
+
+async def test_a_deleted_row_is_a_deleted_row(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    await tamper(engine, "DELETE FROM journal WHERE position = 3")
+    assert kinds(await verify(engine, THRESHOLD_S)) == [("deleted_row", 3, 1)]
+
+
+async def test_a_row_inserted_into_a_gap_is_an_inserted_row(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    # Position 7 was burned: a free slot inside seal 2's range.
+    await tamper(
+        engine,
+        "INSERT INTO journal (position, event_id, kind, body) OVERRIDING SYSTEM VALUE "
+        "VALUES (7, gen_random_uuid(), 'notification', '{\"id\": \"backdated\"}')",
+    )
+    assert kinds(await verify(engine, THRESHOLD_S)) == [("inserted_row", 7, 2)]
+
+
+async def test_a_row_inserted_below_the_first_seal_is_an_inserted_row(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    await tamper(
+        engine,
+        "INSERT INTO journal (position, event_id, kind, body) OVERRIDING SYSTEM VALUE "
+        "VALUES (0, gen_random_uuid(), 'notification', '{}')",
+    )
+    assert kinds(await verify(engine, THRESHOLD_S)) == [("inserted_row", 0, None)]
+
+
+async def test_a_changed_prev_hash_is_a_broken_link(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    await tamper(engine, "UPDATE seals SET prev_hash = sha256('forged') WHERE seal_id = 2")
+    report = await verify(engine, THRESHOLD_S)
+    assert kinds(report) == [("broken_link", None, 2)]
+    assert "prev_hash" in report.problems[0].detail
+
+
+async def test_a_rewritten_seal_is_a_broken_link(engine: AsyncEngine) -> None:
+    """A forger who rewrites a row and its seal's digest still breaks the seal's own hash."""
+    await sealed_journal(engine)
+    await tamper(
+        engine,
+        "UPDATE seals SET rows_digest = overlay(rows_digest placing sha256('x') from 9 for 32) "
+        "WHERE seal_id = 1",
+    )
+    report = await verify(engine, THRESHOLD_S)
+    assert ("broken_link", None, 1) in kinds(report)
+    assert ("changed_row", 1, 1) in kinds(report)
+
+
+async def test_a_deleted_seal_is_a_broken_link(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    await tamper(engine, "DELETE FROM seals WHERE seal_id = 2")
+    report = await verify(engine, THRESHOLD_S)
+    assert kinds(report) == [("broken_link", None, 3)]
+    assert "seal ids jump from 1 to 3" in report.problems[0].detail
+
+
+async def test_removed_newest_seals_are_caught_by_the_recorded_head(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    async with engine.connect() as conn:
+        recorded = await head(conn)
+    assert recorded is not None
+    assert (await verify(engine, THRESHOLD_S, expect_head=recorded.hash_hex)).ok
+    await tamper(engine, "DELETE FROM seals WHERE seal_id = 3")
+    report = await verify(engine, THRESHOLD_S, expect_head=recorded.hash_hex)
+    assert kinds(report) == [("broken_link", None, None)]
+
+
+async def test_an_old_unsealed_backlog_is_reported(engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    await add_events(engine, 1)  # positions 12, 13: not sealed
+    assert (await verify(engine, THRESHOLD_S)).ok  # recent: the sealer will get to them
+    await tamper(
+        engine, "UPDATE journal SET recorded_at = now() - interval '2 hours' WHERE position = 12"
+    )
+    report = await verify(engine, THRESHOLD_S)
+    assert kinds(report) == [("unsealed_backlog", 12, None)]
+    assert "2 journal rows are not sealed" in report.problems[0].detail
+
+
+async def test_get_audit_verify(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    await sealed_journal(engine)
+    response = await client.get("/audit/verify", headers=read_headers())
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["ok"], body["sealed_through"], body["rows_checked"], body["problems"]) == (
+        True,
+        11,
+        10,
+        [],
+    )
+    await tamper(engine, "DELETE FROM journal WHERE position = 10")
+    body = (await client.get("/audit/verify", headers=read_headers())).json()
+    assert body["ok"] is False
+    assert body["problems"] == [
+        {
+            "kind": "deleted_row",
+            "position": 10,
+            "seal_id": 3,
+            "detail": "row 10, sealed by seal 3, is gone from the journal and was not pruned",
+        }
+    ]
+    assert (await client.get("/audit/verify")).status_code == 401
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = clean_env() | {"DATABASE_URL": database_url}
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "service", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+async def test_the_verify_command(engine: AsyncEngine, database_url: str) -> None:
+    no_seals = cli(database_url, "verify", "--head")
+    assert no_seals.returncode == 2
+    assert "no seals yet" in no_seals.stderr
+
+    await sealed_journal(engine)
+    async with engine.connect() as conn:
+        newest = await head(conn)
+    assert newest is not None
+    shown = cli(database_url, "verify", "--head")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == newest.hash_hex + "\n"
+
+    clean = cli(database_url, "verify", "--expect-head", newest.hash_hex)
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.startswith("ok: 10 sealed rows checked, sealed through position 11")
+
+    await tamper(engine, "UPDATE journal SET body = '{}' WHERE position = 4")
+    broken = cli(database_url, "verify")
+    assert broken.returncode == 1
+    assert broken.stdout.splitlines()[0] == (
+        "changed_row position 4: row 4 does not hash to what seal 1 holds"
+    )
+    bad = cli(database_url, "verify", "--expect-head", "nothex")
+    assert bad.returncode == 2
