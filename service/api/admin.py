@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.api.auth import require_admin
+from service.api.openapi import problem
 from service.api.problems import Problem
 from service.jobs import get_job
 from service.store.fetch_queue import make_due
@@ -56,6 +57,7 @@ class AdminController(Controller):
         "/events/{event_id:uuid}/refetch",
         status_code=202,
         summary="Schedule a new Get Event for a pending, failed or not-found event now",
+        responses={409: problem("The event is already fetched.")},
     )
     async def refetch(
         self, request: Request[Any, Any, State], event_id: FromPath[uuid.UUID]

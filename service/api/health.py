@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -55,7 +56,17 @@ class HealthController(Controller):
     async def live(self) -> Live:
         return Live("ok")
 
-    @get("/ready", summary="Database reachable and migrated; fetch backlog")
+    @get(
+        "/ready",
+        summary="Database reachable and migrated; fetch backlog",
+        responses={
+            503: ResponseSpec(
+                Ready,
+                description="Not ready: the body says what is wrong.",
+                generate_examples=False,
+            )
+        },
+    )
     async def ready(self, request: Request[Any, Any, State]) -> Response[Ready]:
         engine: AsyncEngine = request.app.state.engine
         try:

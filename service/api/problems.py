@@ -88,6 +88,28 @@ class StoreUnavailable(Problem):
 _encoder = msgspec.json.Encoder()
 
 
+def problem_body(
+    status: int,
+    detail: str,
+    *,
+    type_slug: str | None = None,
+    title: str | None = None,
+    instance: str | None = None,
+    **extensions: Any,
+) -> bytes:
+    """The JSON of a problem."""
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + type_slug if type_slug else "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extensions)
+    return _encoder.encode(body)
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -99,17 +121,10 @@ def problem_response(
     **extensions: Any,
 ) -> Response[bytes]:
     """A problem+json response."""
-    body: dict[str, Any] = {
-        "type": TYPE_BASE + type_slug if type_slug else "about:blank",
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    if instance:
-        body["instance"] = instance
-    body.update(extensions)
     return Response(
-        content=_encoder.encode(body),
+        content=problem_body(
+            status, detail, type_slug=type_slug, title=title, instance=instance, **extensions
+        ),
         status_code=status,
         media_type=PROBLEM_JSON,
         headers=headers,
@@ -178,5 +193,6 @@ __all__ = [
     "Problem",
     "StoreUnavailable",
     "Unauthenticated",
+    "problem_body",
     "problem_response",
 ]

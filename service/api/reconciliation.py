@@ -10,11 +10,13 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
 from litestar.params import FromPath, FromQuery
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.api.auth import require_admin
+from service.api.openapi import problem, request_body_operation
 from service.api.problems import InvalidParameter, Problem
 from service.events.notification import EventType
 from service.jobs import create_job
@@ -66,6 +68,21 @@ class PassList(msgspec.Struct, frozen=True):
     items: list[PassView]
 
 
+_BACKFILL_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["since", "until"],
+    properties={
+        "since": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME),
+        "until": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME),
+        "types": Schema(
+            type=OpenAPIType.ARRAY,
+            items=Schema(type=OpenAPIType.STRING, pattern=r"^[\x21-\x7e]{1,200}$"),
+        ),
+        "include_test": Schema(type=OpenAPIType.BOOLEAN),
+    },
+    additional_properties=False,
+)
+_MAX_BIGINT = 2**63 - 1
 _PASS_COLUMNS = [c for c in reconcile_passes.c if c.name not in ("resume", "error")]
 _decoder = msgspec.json.Decoder(BackfillRequest)
 
@@ -75,7 +92,19 @@ class ReconciliationController(Controller):
     tags = ["admin"]
     guards = [require_admin]
 
-    @post("/backfill", status_code=202, summary="Start a List Events backfill over a window")
+    @post(
+        "/backfill",
+        status_code=202,
+        summary="Start a List Events backfill over a window",
+        responses={
+            400: problem("The body is not JSON, or `since`/`until` are wrong."),
+            413: problem("The body is too large."),
+            422: problem("JSON that is not a backfill request."),
+        },
+        operation_class=request_body_operation(
+            "application/json", _BACKFILL_SCHEMA, "The window and types to list."
+        ),
+    )
     async def backfill(self, request: Request[Any, Any, State]) -> Response[JobStarted]:
         try:
             wanted = _decoder.decode(await request.body())
@@ -86,6 +115,12 @@ class ReconciliationController(Controller):
         except msgspec.DecodeError as exc:
             raise Problem(
                 f"body is not valid JSON: {exc}", status_code=400, type_slug="invalid-json"
+            ) from None
+        except (UnicodeDecodeError, RecursionError):
+            raise Problem(
+                "body is not valid JSON: invalid UTF-8, or nested too deeply",
+                status_code=400,
+                type_slug="invalid-json",
             ) from None
         for name, value in (("since", wanted.since), ("until", wanted.until)):
             if value.tzinfo is None:
@@ -123,6 +158,8 @@ class ReconciliationController(Controller):
     async def one_pass(
         self, request: Request[Any, Any, State], pass_id: FromPath[int]
     ) -> PassDetail:
+        if not 1 <= pass_id <= _MAX_BIGINT:  # beyond the column's range: no such pass
+            raise NotFoundException(f"no reconciliation pass {pass_id}")
         engine: AsyncEngine = request.app.state.engine
         async with engine.connect() as conn:
             row = (

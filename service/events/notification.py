@@ -41,6 +41,12 @@ _decoder = msgspec.json.Decoder(Notification)
 def decode_notification(body: bytes) -> Notification:
     """Decode and validate a webhook body, or raise `NotJSON` / `NotANotification`."""
     try:
+        # msgspec skips unknown members without checking their UTF-8, and the body is stored
+        # as text: check it all.
+        body.decode()
+    except UnicodeDecodeError as exc:
+        raise NotJSON(f"body is not valid JSON: invalid UTF-8 at byte {exc.start}") from None
+    try:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
         # Validation stops at the first wrong field, before the end of the body: make sure the
@@ -49,9 +55,17 @@ def decode_notification(body: bytes) -> Notification:
             msgspec.json.decode(body)
         except msgspec.DecodeError as syntax:
             raise NotJSON(f"body is not valid JSON: {syntax}") from None
+        except RecursionError:
+            raise NotJSON(_TOO_DEEP) from None
         raise NotANotification(_describe(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise NotJSON(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec's own depth limit (it does not use the Python stack), not a crash.
+        raise NotJSON(_TOO_DEEP) from None
+
+
+_TOO_DEEP = "body is not valid JSON: nested too deeply"
 
 
 def _describe(message: str) -> str:

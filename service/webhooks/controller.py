@@ -12,8 +12,15 @@ from litestar.datastructures import State
 from litestar.exceptions import InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 
 from service import metrics
+from service.api.openapi import (
+    NOTIFICATION_SCHEMA,
+    WEBHOOK_AUTH_OPT,
+    problem,
+    request_body_operation,
+)
 from service.api.problems import Problem, StoreUnavailable
 from service.events.notification import (
     NotANotification,
@@ -58,7 +65,20 @@ def webhook_handler(max_body_bytes: int) -> HTTPRouteHandler:
         ),
         tags=["paxos"],
         status_code=200,
-        responses={},
+        responses={
+            200: ResponseSpec(
+                WebhookAnswer, description="Stored (or already known).", generate_examples=False
+            ),
+            400: problem("The body is not JSON, or was cut short."),
+            413: problem("The body is larger than WEBHOOK_MAX_BODY_BYTES."),
+            415: problem("Content-Type is not JSON."),
+            422: problem("JSON that is not a notification; `detail` names the field."),
+            503: problem("The store is unavailable; nothing was stored, retry."),
+        },
+        opt={WEBHOOK_AUTH_OPT: True},
+        operation_class=request_body_operation(
+            "application/json", NOTIFICATION_SCHEMA, "A Paxos webhook notification."
+        ),
     )
     async def receive_webhook(request: Request[Any, Any, State]) -> Response[bytes]:
         try:

@@ -24,10 +24,13 @@ from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 from litestar.exceptions import InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIType, Schema
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.api.openapi import problem, request_body_operation
 from service.api.problems import Problem, Unauthenticated
 from service.settings import Settings, WebhookAuth
 from service.store.tables import service_keys
@@ -115,6 +118,33 @@ class OAuthTokenAuthenticator:
 def _invalid_token(detail: str) -> Unauthenticated:
     # RFC 6750 §3: a rejected token is `error="invalid_token"`; the token itself is never echoed.
     return Unauthenticated(detail, scheme=f'Bearer realm="{REALM}", error="invalid_token"')
+
+
+class TokenAnswer(msgspec.Struct, frozen=True):
+    access_token: str
+    token_type: str
+    expires_in: int
+
+
+class OAuthErrorBody(msgspec.Struct, frozen=True):
+    error: str
+    error_description: str
+
+
+def _oauth_error(description: str) -> ResponseSpec:
+    return ResponseSpec(OAuthErrorBody, description=description, generate_examples=False)
+
+
+_TOKEN_REQUEST_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["grant_type"],
+    properties={
+        "grant_type": Schema(type=OpenAPIType.STRING, enum=["client_credentials"]),
+        "client_id": Schema(type=OpenAPIType.STRING),
+        "client_secret": Schema(type=OpenAPIType.STRING),
+        "scope": Schema(type=OpenAPIType.STRING),
+    },
+)
 
 
 class _OAuthError(Exception):
@@ -234,6 +264,14 @@ class OAuthTokenController(Controller):
             "RFC 6749 §5.2 JSON. Served only when WEBHOOK_AUTH=oauth."
         ),
         status_code=200,
+        responses={
+            200: ResponseSpec(TokenAnswer, description="A token.", generate_examples=False),
+            400: _oauth_error("An invalid request or an unsupported grant type (RFC 6749 §5.2)."),
+            401: _oauth_error("Unknown client or wrong secret (`invalid_client`)."),
+            404: problem("WEBHOOK_AUTH is not oauth: the endpoint is not served."),
+            413: _oauth_error("The body is larger than a token request can be."),
+        },
+        operation_class=request_body_operation(_FORM, _TOKEN_REQUEST_SCHEMA, "RFC 6749 §4.4.2."),
     )
     async def issue_token(self, request: Request[Any, Any, State]) -> Response[bytes]:
         """Check the client and answer a token, or an RFC 6749 error; never echo a secret."""

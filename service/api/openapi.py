@@ -1,0 +1,186 @@
+"""What the OpenAPI document says beyond each handler's own decorator: auth and error answers.
+
+Answers that come from layers rather than handlers are declared here, once, for every route
+(including routes added later): a guarded route may answer 401 (and 403 for a read token on
+an admin route), any route but health and the docs may answer 429 (`service.throttle`), a
+route with a path parameter may answer 404, a route that reads the store may answer 503. The
+security schemes say which credentials each route takes, so clients and contract tests
+(tests/test_openapi_contract.py, tests/test_security.py) can read them from the document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import (
+    Components,
+    OAuthFlow,
+    OAuthFlows,
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
+from litestar.routes import HTTPRoute
+
+from service.api.auth import require_admin, require_read
+from service.api.problems import PROBLEM_JSON
+from service.settings import Settings, WebhookAuth
+from service.throttle import UNTHROTTLED_PREFIXES
+
+# Names of security schemes, not secrets.
+READ_TOKEN = "readToken"  # noqa: S105
+ADMIN_TOKEN = "adminToken"  # noqa: S105
+WEBHOOK = "paxosWebhook"
+# `opt` key a handler sets to take the webhook credentials (WEBHOOK_AUTH) rather than a token.
+WEBHOOK_AUTH_OPT = "webhook_auth"
+
+
+class ProblemDetails(msgspec.Struct, frozen=True):
+    """An RFC 7807 problem (`application/problem+json`); extension members may follow."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | msgspec.UnsetType = msgspec.UNSET
+    # Names the bad query or path parameter of a 400.
+    parameter: str | msgspec.UnsetType = msgspec.UNSET
+
+
+def problem(description: str) -> ResponseSpec:
+    """A documented problem answer."""
+    return ResponseSpec(
+        data_container=ProblemDetails,
+        description=description,
+        media_type=PROBLEM_JSON,
+        generate_examples=False,
+    )
+
+
+UNAUTHENTICATED = problem("No credentials, or wrong ones (`WWW-Authenticate` says which).")
+FORBIDDEN = problem("The token is valid but may not use this route (a read token on /admin).")
+THROTTLED = problem(
+    "Too many failed authentications from this address; `Retry-After` says when to retry."
+)
+NOT_FOUND = problem("No such resource.")
+BAD_PARAMETER = problem("A bad parameter; the problem's `parameter` member names it.")
+STORE_UNAVAILABLE = problem("The database is unreachable; nothing was changed, retry.")
+
+
+def security_components(settings: Settings) -> Components:
+    """The security schemes: bearer tokens of the read API, and what Paxos delivers with."""
+    schemes: dict[str, SecurityScheme | Any] = {
+        READ_TOKEN: SecurityScheme(
+            type="http", scheme="bearer", description="A token from API_READ_TOKENS."
+        ),
+        ADMIN_TOKEN: SecurityScheme(
+            type="http", scheme="bearer", description="A token from API_ADMIN_TOKENS."
+        ),
+    }
+    match settings.webhook_auth:
+        case WebhookAuth.API_KEY:
+            schemes[WEBHOOK] = SecurityScheme(
+                type="apiKey",
+                name=settings.webhook_api_key_header,
+                security_scheme_in="header",
+                description="One of WEBHOOK_API_KEYS.",
+            )
+        case WebhookAuth.OAUTH:
+            schemes[WEBHOOK] = SecurityScheme(
+                type="oauth2",
+                flows=OAuthFlows(
+                    client_credentials=OAuthFlow(token_url="/oauth/token", scopes={})  # noqa: S106
+                ),
+                description="A token from POST /oauth/token (WEBHOOK_OAUTH_CLIENT_ID/SECRET).",
+            )
+        case WebhookAuth.JWT:
+            schemes[WEBHOOK] = SecurityScheme(
+                type="http",
+                scheme="bearer",
+                bearer_format="JWT",
+                description="A JWT from the identity provider of WEBHOOK_JWT_JWKS_URL.",
+            )
+        case WebhookAuth.NONE:
+            pass
+    return Components(security_schemes=schemes)
+
+
+def _layers_have(handler: HTTPRouteHandler, guard: object) -> bool:
+    return any(guard in (layer.guards or ()) for layer in handler.ownership_layers)
+
+
+def document_responses(app: Litestar, settings: Settings) -> None:
+    """Declare the layered answers and the security of every route on its handler.
+
+    Runs once, after the app is assembled and before the document is first built; a handler's
+    own `responses` and `security` win over what is filled in here.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        path = route.path_format or "/"
+        for handler in route.route_handlers:
+            if "OPTIONS" in handler.http_methods and len(handler.http_methods) == 1:
+                continue
+            extra: dict[int, ResponseSpec] = {}
+            security: list[dict[str, list[str]]] | None = None
+            # Every guarded route reads its parameters strictly (a 400 problem names the bad one).
+            if _layers_have(handler, require_admin):
+                extra |= {400: BAD_PARAMETER, 401: UNAUTHENTICATED, 403: FORBIDDEN}
+                extra[503] = STORE_UNAVAILABLE
+                security = [{ADMIN_TOKEN: []}]
+            elif _layers_have(handler, require_read):
+                extra |= {400: BAD_PARAMETER, 401: UNAUTHENTICATED, 503: STORE_UNAVAILABLE}
+                security = [{READ_TOKEN: []}, {ADMIN_TOKEN: []}]
+            elif (
+                handler.opt.get(WEBHOOK_AUTH_OPT) and settings.webhook_auth is not WebhookAuth.NONE
+            ):
+                extra[401] = UNAUTHENTICATED
+                security = [{WEBHOOK: []}]
+            if security is not None and "{" in path:
+                extra[404] = NOT_FOUND
+            if not path.startswith(UNTHROTTLED_PREFIXES):
+                extra[429] = THROTTLED
+            handler.responses = {**extra, **(handler.responses or {})}
+            if security is not None and handler.security is None:
+                handler.security = security
+
+
+def request_body_operation(media_type: str, schema: Schema, description: str) -> type[Operation]:
+    """An Operation that documents a body the handler reads itself (`await request.body()`)."""
+    body = RequestBody(
+        content={media_type: OpenAPIMediaType(schema=schema)},
+        description=description,
+        required=True,
+    )
+
+    @dataclass
+    class BodyOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+
+    return BodyOperation
+
+
+NOTIFICATION_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["id", "type", "source", "time", "object"],
+    properties={
+        "id": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.UUID),
+        "type": Schema(type=OpenAPIType.STRING, pattern=r"^[\x21-\x7e]{1,200}$"),
+        "source": Schema(type=OpenAPIType.STRING, enum=["com.paxos"]),
+        "time": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME),
+        "object": Schema(type=OpenAPIType.STRING, enum=["event"]),
+        "is_test": Schema(type=OpenAPIType.BOOLEAN),
+    },
+    description="A Paxos webhook notification; unknown members are kept.",
+)

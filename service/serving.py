@@ -1,0 +1,146 @@
+"""The HTTP server `serve` runs: uvicorn (httptools), with limits against hostile clients.
+
+Uvicorn's httptools protocol bounds neither how long a client may take to send a request nor
+how large its headers may grow: a client that sends a header byte every few seconds
+(slowloris) holds its connection for ever, and one that sends megabytes of header fills
+memory before the app sees anything. `GuardedHttpToolsProtocol` adds both bounds:
+
+- a request must arrive in full (request line, headers and body) within
+  `HTTP_REQUEST_TIMEOUT_S` of its first byte, and a new connection must start one within that
+  time; otherwise the connection gets `408` (when no answer has started) and is closed. An app
+  still waiting for the body sees the client disconnect and stops.
+- the request line and headers may take at most `HTTP_MAX_HEADER_BYTES`; past that the answer
+  is `431` and the connection is closed, before the rest is buffered.
+
+`HTTP_MAX_CONNECTIONS` is uvicorn's `limit_concurrency`: past it, new requests get 503 at once.
+X-Forwarded-For is honoured only from TRUSTED_PROXIES (uvicorn's proxy-headers support), so a
+client cannot choose the address the failed-authentication throttle counts against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.settings import Settings
+
+
+def _plain_response(status: bytes, text: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(text)).encode() + b"\r\nconnection: close\r\n\r\n" + text
+    )
+
+
+REQUEST_TIMEOUT = _plain_response(b"408 Request Timeout", b"request not received in time\n")
+HEADERS_TOO_LARGE = _plain_response(
+    b"431 Request Header Fields Too Large", b"request headers too large\n"
+)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """Uvicorn's httptools protocol with a whole-request deadline and a header size bound."""
+
+    request_timeout_s: float = 15.0
+    max_header_bytes: int = 32768
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        # Bytes received since the current request began, while its headers are incomplete.
+        self._header_bytes = 0
+        self._in_headers = True
+
+    # A deadline runs from a connection's start (or a request's first byte) to the request's
+    # last byte; keep-alive idling between requests is uvicorn's own timeout_keep_alive.
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.request_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        # While headers are incomplete, `self.cycle` (if any) is the previous request's.
+        cycle = None if self._in_headers else self.cycle
+        if cycle is None or not cycle.response_started:
+            self.transport.write(REQUEST_TIMEOUT)
+        if cycle is not None and not cycle.response_complete:
+            # The app stops waiting for the body, and its late answer goes nowhere.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._in_headers or self.transport.is_closing():
+            return
+        # Still inside the headers after this chunk: count it (a chunk that completed the
+        # headers is not counted, so a body sent with them is never mistaken for headers).
+        self._header_bytes += len(data)
+        if self._header_bytes > self.max_header_bytes:
+            self._disarm()
+            self.transport.write(HEADERS_TOO_LARGE)
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class with this deployment's limits."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {
+            "request_timeout_s": float(settings.http_request_timeout_s),
+            "max_header_bytes": settings.http_max_header_bytes,
+        },
+    )
+
+
+def server_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration of `serve`."""
+    trusted = ",".join(settings.trusted_proxies)
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=guarded_protocol(settings),
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        limit_concurrency=settings.http_max_connections,
+        # Without TRUSTED_PROXIES, X-Forwarded-For is ignored (uvicorn would otherwise trust it
+        # from 127.0.0.1, i.e. from anything on this machine).
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+    )
