@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -140,14 +141,17 @@ class GroupWriter(Generic[T, R]):
                 return
             log.error("commit failed", writer=self._name, size=len(batch), error=describe(exc))
             _fail(batch, "the store is unavailable")
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001
+            # SQLAlchemy's errors, and the driver's own where `write` uses the driver directly
+            # (asyncpg's InterfaceError when the server went away): whatever it is, every
+            # waiter gets its answer and this writer lives on to write the next batch.
             log.error("commit failed", writer=self._name, size=len(batch), error=describe(exc))
             _fail(batch, "the store is unavailable")
 
     async def _commit_alone(self, one: _Pending[T, R], held: _Held | None) -> None:
         try:
             await self._write([one], held)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - as in _commit
             log.error("item refused by the store", writer=self._name, error=describe(exc))
             _fail([one], "the store refused this item")
 
@@ -161,12 +165,17 @@ class GroupWriter(Generic[T, R]):
             try:
                 results = await self._write_batch(conn, items)
             except BaseException:
-                await held.release()  # the next batch starts on a fresh connection
+                # The next batch starts on a fresh connection; this one may be dead.
+                await held.release(broken=True)
                 raise
         # Committed: now, and only now, answer.
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
+
+
+# A writer's held connection unused for longer than this is checked before its next batch.
+IDLE_CHECK_S = 1.0
 
 
 class _Held:
@@ -178,8 +187,13 @@ class _Held:
         self._engine = engine
         self._prepare = prepare
         self._conn: AsyncConnection | None = None
+        self._used_at = 0.0
 
     async def connection(self) -> AsyncConnection:
+        now = time.monotonic()
+        if self._conn is not None and not await _alive(self._conn, now - self._used_at):
+            await self.release(broken=True)
+        self._used_at = now
         if self._conn is None:
             conn = await self._engine.connect()
             try:
@@ -192,14 +206,39 @@ class _Held:
             self._conn = conn
         return self._conn
 
-    async def release(self) -> None:
+    async def release(self, *, broken: bool = False) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
-                # Session settings must not follow the connection back into the pool.
-                await conn.exec_driver_sql("RESET ALL")
-            with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
+        if conn is None:
+            return
+        if broken:
+            # A failed statement may have come from the driver directly, which the pool never
+            # saw: discard the connection rather than hand it, perhaps dead, to the next user.
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
                 await conn.close()
+            return
+        with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
+            # Session settings must not follow the connection back into the pool.
+            await conn.exec_driver_sql("RESET ALL")
+        with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
+            await conn.close()
+
+
+async def _alive(conn: AsyncConnection, idle_s: float) -> bool:
+    """Whether a held connection still works: free to tell when the server closed it (the
+    driver saw the socket close), one round trip after an idle spell (the server may have gone
+    away without a word meanwhile; without load, the round trip costs nothing)."""
+    try:
+        raw = await conn.get_raw_connection()
+        is_closed = getattr(raw.driver_connection, "is_closed", None)
+        if is_closed is not None and is_closed():
+            return False
+        if idle_s > IDLE_CHECK_S:
+            await conn.exec_driver_sql("SELECT 1")
+    except Exception:  # noqa: BLE001 - any failure means: use another connection
+        return False
+    return True
 
 
 def _fail(batch: Sequence[_Pending[T, R]], reason: str) -> None:

@@ -48,6 +48,10 @@ def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngin
         max_overflow=pool_size,
         # A request waiting for a pooled connection gets a 503 rather than waiting forever.
         pool_timeout=5,
+        # After the server restarts, pooled connections are dead; each checkout checks its
+        # connection first (one round trip) and replaces a dead one, so the first requests
+        # after an outage do not fail on leftovers.
+        pool_pre_ping=True,
         json_serializer=_json_serializer,
         json_deserializer=msgspec.json.decode,
         connect_args={

@@ -89,7 +89,7 @@ async def listen(url: str, channels: Mapping[str, Iterable[asyncio.Event]]) -> N
                 in_s=delay,
             )
             await asyncio.sleep(delay)
-            delay = min(10.0, delay * 2)
+            delay = min(4.0, delay * 2)  # a hint: back soon after the database
             continue
         try:
             conn.add_termination_listener(lambda _, lost=lost: lost.set())
