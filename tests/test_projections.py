@@ -1,5 +1,6 @@
-"""Projections: gap-safe reading, order independence against the pure fold, one applier per
-batch, and lag. Real Postgres throughout (each test gets its own database)."""
+"""Projections: gap-safe reading, order independence against the pure fold (for the runner's
+batches and for a rebuild), one applier per batch, and lag. Real Postgres throughout (each
+test gets its own database)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from service.api.projections import identity_view
 from service.paxos.universe import format_rfc3339_ns, parse_rfc3339_ns
 from service.projections import identity, read
 from service.projections.event import ProjectedEvent, time_ns
+from service.projections.rebuild import rebuild
 from service.projections.runner import IDENTITIES, Projector, apply_batch, ensure_checkpoints, lag
 
 # --- helpers (also used by the API and rebuild tests) ---------------------------------------
@@ -337,6 +339,27 @@ async def test_any_order_and_batching_gives_the_fold(
             assert got is None  # only test events, or only unreadable times
         else:
             assert got == view_of_state(expected)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(story=stories(), data=st.data())
+async def test_a_rebuild_gives_the_fold_too(
+    engine: AsyncEngine, story: list[tuple[dict[str, Any], bool]], data: st.DataObject
+) -> None:
+    """The rebuild's path (extract into a staging table in chunks, one fold of everything per
+    share of the identities) against the same specification as the runner's batches."""
+    real = [body for body, is_test in story if not is_test]
+    await append(engine, data.draw(st.permutations(real)))
+    await append(engine, [body for body, is_test in story if is_test], is_test=True)
+    await rebuild(engine, IDENTITIES, batch=data.draw(st.integers(1, 6)))
+    for ident in {b["object"].get("identity_id") for b, _ in story} - {None}:
+        expected = fold(real, ident)
+        got = await stored_view(engine, ident)
+        assert got == (None if expected is None else view_of_state(expected))
 
 
 async def test_a_delete_that_arrives_before_its_create_wins(engine: AsyncEngine) -> None:

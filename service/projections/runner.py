@@ -45,6 +45,7 @@ ORCHESTRATIONS = Projection("orchestrations", ("orchestrations",))
 PROJECTIONS: dict[str, Projection] = {p.name: p for p in (IDENTITIES, TRANSFERS, ORCHESTRATIONS)}
 
 BATCH_SIZE = 2000
+RETRY_CAP_S = 2.0  # the longest pause between two tries while the database is unavailable
 LAG_CAP = 100_000
 
 _LOCK = text(
@@ -169,16 +170,24 @@ class Projector:
     async def run(self) -> None:
         """Catch up, then poll (the wake-up event shortens the wait)."""
         next_lag = 0.0
+        failures = 0
         while True:
             # Cleared before catching up, so a wake-up that comes during it is not lost.
             self.wakeup.clear()
+            wait_s = self._poll_s
             try:
                 await self.catch_up()
                 if time.monotonic() >= next_lag:
                     async with self._engine.connect() as conn:
                         await lag(conn, (p.name for p in self._projections))
                     next_lag = time.monotonic() + self._lag_every_s
+                failures = 0
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                log.warning("projections unavailable", error=type(exc).__name__)
+                failures += 1
+                if failures == 1:
+                    log.warning("projections unavailable", error=type(exc).__name__)
+                # The database is away: try again soon, but not five times a second (and
+                # never longer than RETRY_CAP_S after it is back).
+                wait_s = min(RETRY_CAP_S, self._poll_s * 2**failures)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), self._poll_s)
+                await asyncio.wait_for(self.wakeup.wait(), wait_s)
