@@ -228,7 +228,7 @@ class TokenProvider:
                 timeout=CALL_TIMEOUT,
             )
         except httpx.HTTPError as exc:
-            raise PaxosUnavailable(f"token request failed: {type(exc).__name__}") from None
+            raise PaxosUnavailable(f"token request failed: {_transport_failure(exc)}") from None
         if response.status_code != 200:
             raise _error_from(response, "token request")
         try:
@@ -347,10 +347,8 @@ class PaxosClient:
                     headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                     timeout=self._timeout,
                 )
-            except httpx.TimeoutException:
-                raise PaxosUnavailable(f"GET {path}: timed out") from None
             except httpx.HTTPError as exc:
-                raise PaxosUnavailable(f"GET {path}: {type(exc).__name__}") from None
+                raise PaxosUnavailable(f"GET {path}: {_transport_failure(exc)}") from None
             if response.status_code == 401 and attempt == 1:
                 self._tokens.invalidate(token)
                 continue
@@ -362,6 +360,18 @@ class PaxosClient:
                 raise _error_from(response, f"GET {path}")
             return response
         raise AssertionError("unreachable")
+
+
+def _transport_failure(exc: httpx.HTTPError) -> str:
+    """What went wrong on the wire, in words: "timed out", or the underlying error's name.
+
+    The aiohttp transport maps every connection error to an httpx timeout class, so the
+    cause (aiohttp's own exception) is what tells a timeout from a refused connection.
+    """
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    if isinstance(cause, TimeoutError) or cause is exc and isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return type(cause).__name__
 
 
 def _replace(f: ListFilter, **changes: Any) -> ListFilter:
