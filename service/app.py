@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
 from service.api.admin import AdminController
+from service.api.audit import AuditController
 from service.api.events import EventController
 from service.api.health import HealthController
 from service.api.metrics import MetricsController
+from service.api.openapi import document_responses, security_components
 from service.api.problems import EXCEPTION_HANDLERS
 from service.api.projections import (
     IdentityController,
@@ -28,6 +30,9 @@ from service.background import running_background
 from service.db import create_engine
 from service.http import new_http_client
 from service.settings import Settings, WebhookAuth
+from service.throttle import FailureThrottle, throttle_middleware
+from service.ui.controller import console_handlers
+from service.ui.controller import template_config as console_template_config
 from service.webhooks.auth import ApiKeyAuthenticator, Authenticator, OpenAuthenticator
 from service.webhooks.committer import GroupCommitter
 from service.webhooks.controller import webhook_handler
@@ -80,7 +85,7 @@ def create_app(
             if own_engine:
                 await app_engine.dispose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             webhook_handler(settings.webhook_max_body_bytes),
             EventController,
@@ -89,11 +94,14 @@ def create_app(
             MetricsController,
             AdminController,
             ReconciliationController,
+            AuditController,
             IdentityController,
             TransferController,
             OrchestrationController,
             ProjectionAdminController,
+            *console_handlers(),
         ],
+        template_config=console_template_config(),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(
@@ -102,11 +110,20 @@ def create_app(
             description="Durable intake of Paxos webhooks, the full events, and their history.",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+            components=security_components(settings),
         ),
+        # Outermost: a throttled address is refused before any credential is looked at.
+        middleware=[
+            throttle_middleware(
+                FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_s)
+            )
+        ],
         debug=False,
         # Logging is configured once by the CLI (service.logs), not by the framework.
         logging_config=None,
     )
+    document_responses(app, settings)
+    return app
 
 
 async def build_authenticator(

@@ -16,6 +16,7 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.audit.seals import Sealer
 from service.fetcher import Fetcher, RetryPolicy
 from service.jobs import JOBS_CHANNEL, Handler, JobRunner
 from service.notify import FETCHED_CHANNEL, PENDING_CHANNEL, listen
@@ -39,11 +40,14 @@ def build_paxos_client(
         client_id=settings.paxos_client_id or "",
         client_secret=settings.paxos_client_secret or "",
         scope=settings.paxos_scope,
-        # Paxos allows one token request per second; the whole deployment shares it.
-        limiter=RateLimiter(engine, "paxos_token", 1.0),
+        # Paxos allows one token request per second; the whole deployment shares it. 0.9/s
+        # leaves 100 ms for a request that leaves one process late to still arrive more than
+        # a second after another's (tokens are needed about once an hour: it costs nothing).
+        limiter=RateLimiter(engine, "paxos_token", 0.9),
     )
     limiter = RateLimiter(engine, "paxos_api", settings.paxos_api_rps)
-    return PaxosClient(http, settings.paxos_api_url, tokens, limiter)
+    timeout = httpx.Timeout(settings.paxos_timeout_s, connect=min(5.0, settings.paxos_timeout_s))
+    return PaxosClient(http, settings.paxos_api_url, tokens, limiter, timeout=timeout)
 
 
 @dataclass
@@ -82,7 +86,14 @@ async def running_background(
     if not settings.database_url:
         raise ValueError("the background parts need settings.database_url (for LISTEN)")
     client = build_paxos_client(settings, engine, http)
-    fetcher = Fetcher(engine, client, policy=RetryPolicy(horizon_s=settings.fetch_retry_horizon_s))
+    fetcher = Fetcher(
+        engine,
+        client,
+        policy=RetryPolicy(
+            horizon_s=settings.fetch_retry_horizon_s, cap_s=settings.fetch_retry_max_delay_s
+        ),
+        lease_s=settings.fetch_lease_s,
+    )
     jobs = JobRunner(engine, job_handlers(settings, engine, client))
     projector = Projector(engine)
     # One LISTEN connection per process wakes each part when its kind of work arrives.
@@ -99,11 +110,14 @@ async def running_background(
         lookback_s=settings.reconcile_lookback_s,
         include_test=settings.reconcile_include_test,
     )
+    # The audit trail's sealer: one at a time across processes (an advisory lock).
+    sealer = Sealer(engine, interval_s=settings.seal_interval_s)
     tasks = [
         asyncio.create_task(supervise("fetcher", fetcher.run), name="fetcher"),
         asyncio.create_task(supervise("reconciler", reconciler.run), name="reconciler"),
         asyncio.create_task(supervise("jobs", jobs.run), name="jobs"),
         asyncio.create_task(supervise("projector", projector.run), name="projector"),
+        asyncio.create_task(supervise("sealer", sealer.run), name="sealer"),
         asyncio.create_task(
             supervise("listener", lambda: listen(database_url, wakeups)), name="notify-listener"
         ),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import sys
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import structlog
@@ -91,6 +92,7 @@ def serve(demo: bool, no_background: bool) -> None:
     from service.app import create_app
     from service.db import create_engine
     from service.migrations import upgrade
+    from service.serving import server_config as guarded_server_config
 
     settings = load_settings(demo=True if demo else None)
     demo = demo or not settings.has_paxos_credentials
@@ -108,15 +110,8 @@ def serve(demo: bool, no_background: bool) -> None:
     settings = settings.replace(database_url=url)
 
     def server_config(settings: Settings) -> uvicorn.Config:
-        return uvicorn.Config(
-            create_app(settings, background=not no_background),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=10,
-        )
+        # Timeouts and size limits against hostile clients: service.serving.
+        return guarded_server_config(create_app(settings, background=not no_background), settings)
 
     if demo:
         from service.demo import serve_demo
@@ -390,6 +385,143 @@ def rebuild(name: str) -> None:
 
 
 @cli.command()
+@click.option("--head", "show_head", is_flag=True, help="Only print the newest seal's hash.")
+@click.option(
+    "--expect-head",
+    metavar="HASH",
+    help="A seal hash recorded earlier (from --head): it must still be in the chain.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(show_head: bool, expect_head: str | None, as_json: bool) -> None:
+    """Recompute the audit seal chain from the journal; exit 1 on any problem.
+
+    With --head, print the newest seal hash instead, to record outside the database.
+    """
+    import msgspec
+
+    from service.audit.seals import head
+    from service.audit.verify import problem_lines
+    from service.audit.verify import verify as verify_chain
+    from service.db import create_engine
+
+    settings = load_settings(check=False)
+    url = database_url(settings)
+    if expect_head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expect_head):
+        raise click.BadParameter("must be a 64-digit hex SHA-256", param_hint="--expect-head")
+
+    async def run() -> Any:
+        engine = create_engine(url, pool_size=1)
+        try:
+            if show_head:
+                async with engine.connect() as conn:
+                    return await head(conn)
+            return await verify_chain(engine, settings, expect_head=expect_head)
+        finally:
+            await engine.dispose()
+
+    result = run_async(run())
+    if show_head:
+        if result is None:
+            _fail("no seals yet: the journal has not been sealed")
+        click.echo(result.hash_hex)
+        click.echo(
+            f"seal {result.seal_id}, positions {result.first_position}..{result.last_position}, "
+            f"sealed at {result.sealed_at.isoformat()}",
+            err=True,
+        )
+        return
+    if as_json:
+        click.echo(msgspec.json.encode(result.as_dict()).decode())
+    else:
+        for line in problem_lines(result):
+            click.echo(line)
+        verdict = "ok" if result.ok else f"{len(result.problems)} problems"
+        click.echo(
+            f"{verdict}: {result.rows_checked} sealed rows checked, sealed through position "
+            f"{result.sealed_through}, head {result.head_hash}"
+        )
+    if not result.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--since", callback=_rfc3339, required=True, help="Event time from (inclusive).")
+@click.option("--until", callback=_rfc3339, required=True, help="Event time to (exclusive).")
+@click.option("--identity", "identity_id", help="Only this identity's events.")
+@click.option(
+    "--format", "form", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File.")
+def export(
+    since: datetime, until: datetime, identity_id: str | None, form: str, output: str | None
+) -> None:
+    """Export events with their evidence (see README "Audit trail"), streamed; to -o or stdout."""
+    from service.audit.export import ExportQuery
+    from service.audit.export import export as export_events
+    from service.db import create_engine
+
+    if until <= since:
+        raise click.BadParameter("must be later than --since", param_hint="--until")
+    url = database_url(load_settings(check=False))
+    query = ExportQuery(since=since, until=until, identity_id=identity_id, format=form)
+
+    async def run() -> None:
+        engine = create_engine(url, pool_size=1)
+        sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115, ASYNC230
+        try:
+            async for chunk in export_events(engine, query):
+                sink.write(chunk)
+            sink.flush()
+        finally:
+            if output:
+                sink.close()
+            await engine.dispose()
+
+    try:
+        run_async(run())
+    except OSError as exc:
+        _fail(f"cannot write the export: {exc.strerror or exc}")
+
+
+@cli.command()
+@click.option(
+    "--test-events-older-than",
+    "days",
+    type=click.IntRange(min=0),
+    required=True,
+    metavar="DAYS",
+    help="Remove test events whose event time is older than this many days.",
+)
+def prune(days: int) -> None:
+    """Remove old test events, through the audited path (README "Audit trail"); nothing else
+    is ever deleted."""
+    from service.audit.prune import prune_test_events
+    from service.db import create_engine
+
+    url = database_url(load_settings(check=False))
+
+    async def run() -> Any:
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await prune_test_events(engine, days)
+        finally:
+            await engine.dispose()
+
+    result = run_async(run())
+    ids = ", ".join(str(i) for i in result.prune_ids) or "none"
+    click.echo(
+        f"pruned {result.events} test events ({result.journal_rows} journal rows) with event "
+        f"time before {result.cutoff.isoformat()}; prune records: {ids}"
+    )
+    if result.skipped_unsealed:
+        click.echo(
+            f"{result.skipped_unsealed} older test events kept: their journal rows are not "
+            "sealed yet",
+            err=True,
+        )
+
+
+@cli.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
     from service.db import create_engine
@@ -419,4 +551,14 @@ _register_simulate()
 
 
 def main() -> None:
-    cli(prog_name="paxos-events")
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    try:
+        cli(prog_name="paxos-events")
+    except (DBAPIError, PoolTimeout, ConnectionError, TimeoutError) as exc:
+        # One line, never a trace (nor the URL: it may carry the password). The driver's own
+        # message names host and port at most.
+        cause = getattr(exc, "orig", None) or exc
+        first = (str(cause).splitlines() or [""])[0]
+        _fail(f"database unreachable: {type(cause).__name__}: {first}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,13 @@ class Settings:
     paxos_scope: str = "events:read_event"
     paxos_api_rps: float = 10.0
     paxos_max_connections: int = 8
+    # How long one Get/List Events call may take before it counts as failed (and is retried).
+    paxos_timeout_s: float = 10.0
     fetch_retry_horizon_s: int = 7 * 86400
+    # The longest wait between two fetch attempts of an event (backoff doubles up to it).
+    fetch_retry_max_delay_s: int = 900
+    # A claim's lease: an event claimed by a process that dies is fetched again after it.
+    fetch_lease_s: int = 60
 
     api_read_tokens: tuple[str, ...] = field(default=(), repr=False)
     api_admin_tokens: tuple[str, ...] = field(default=(), repr=False)
@@ -82,6 +89,19 @@ class Settings:
 
     # /health/ready fails when a projection is further behind the journal than this.
     projection_max_lag_s: int = 60
+
+    # The sealer seals the journal this often; verify reports rows unsealed for longer than
+    # audit_max_unsealed_age_s.
+    seal_interval_s: float = 5.0
+    audit_max_unsealed_age_s: int = 3600
+
+    # Hardening (README "Security"): failed-authentication throttle and the HTTP server's limits.
+    auth_failure_limit: int = 20
+    auth_failure_window_s: int = 60
+    trusted_proxies: tuple[str, ...] = ()
+    http_request_timeout_s: int = 15
+    http_max_header_bytes: int = 32768
+    http_max_connections: int = 1000
 
     log_level: str = "info"
     log_format: LogFormat = LogFormat.CONSOLE
@@ -115,15 +135,28 @@ class Settings:
             paxos_scope=r.get("PAXOS_SCOPE", _nonempty, "events:read_event"),
             paxos_api_rps=r.get("PAXOS_API_RPS", _float_in(0.1, 10_000.0), 10.0),
             paxos_max_connections=r.get("PAXOS_MAX_CONNECTIONS", _int_in(1, 256), 8),
+            paxos_timeout_s=r.get("PAXOS_TIMEOUT_S", _float_in(0.5, 120.0), 10.0),
             fetch_retry_horizon_s=r.get(
                 "FETCH_RETRY_HORIZON_S", _int_in(60, 90 * 86400), 7 * 86400
             ),
+            fetch_retry_max_delay_s=r.get("FETCH_RETRY_MAX_DELAY_S", _int_in(2, 86400), 900),
+            fetch_lease_s=r.get("FETCH_LEASE_S", _int_in(15, 3600), 60),
             api_read_tokens=r.get("API_READ_TOKENS", _csv, ()),
             api_admin_tokens=r.get("API_ADMIN_TOKENS", _csv, ()),
             reconcile_interval_s=r.get("RECONCILE_INTERVAL_S", _int_in(1, 86400), 300),
             reconcile_lookback_s=r.get("RECONCILE_LOOKBACK_S", _int_in(0, 30 * 86400), 86400),
             reconcile_include_test=r.get("RECONCILE_INCLUDE_TEST", _bool, False),
             projection_max_lag_s=r.get("PROJECTION_MAX_LAG_S", _int_in(1, 7 * 86400), 60),
+            seal_interval_s=r.get("SEAL_INTERVAL_S", _float_in(0.1, 3600.0), 5.0),
+            audit_max_unsealed_age_s=r.get(
+                "AUDIT_MAX_UNSEALED_AGE_S", _int_in(1, 30 * 86400), 3600
+            ),
+            auth_failure_limit=r.get("AUTH_FAILURE_LIMIT", _int_in(1, 1_000_000), 20),
+            auth_failure_window_s=r.get("AUTH_FAILURE_WINDOW_S", _int_in(1, 86400), 60),
+            trusted_proxies=r.get("TRUSTED_PROXIES", _networks, ()),
+            http_request_timeout_s=r.get("HTTP_REQUEST_TIMEOUT_S", _int_in(1, 3600), 15),
+            http_max_header_bytes=r.get("HTTP_MAX_HEADER_BYTES", _int_in(1024, 1_048_576), 32768),
+            http_max_connections=r.get("HTTP_MAX_CONNECTIONS", _int_in(1, 1_000_000), 1000),
             log_level=r.get("LOG_LEVEL", _choice_str(LOG_LEVELS), "info"),
             log_format=r.get("LOG_FORMAT", _choice(LogFormat), LogFormat.CONSOLE),
         )
@@ -273,6 +306,16 @@ def _http_url(raw: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"must be an http(s) URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    values = _csv(raw)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"must be IP addresses or networks (CIDR), got {value!r}") from None
+    return values
 
 
 def _database_url(raw: str) -> str:

@@ -63,13 +63,24 @@ def test_every_variable_is_read() -> None:
         "PAXOS_SCOPE": "events:read_event other",
         "PAXOS_API_RPS": "50",
         "PAXOS_MAX_CONNECTIONS": "16",
+        "PAXOS_TIMEOUT_S": "2.5",
         "FETCH_RETRY_HORIZON_S": "86400",
+        "FETCH_RETRY_MAX_DELAY_S": "60",
+        "FETCH_LEASE_S": "30",
         "API_READ_TOKENS": "r1,r2",
         "API_ADMIN_TOKENS": "a1",
         "RECONCILE_INTERVAL_S": "60",
         "RECONCILE_LOOKBACK_S": "3600",
         "RECONCILE_INCLUDE_TEST": "true",
         "PROJECTION_MAX_LAG_S": "120",
+        "SEAL_INTERVAL_S": "2.5",
+        "AUDIT_MAX_UNSEALED_AGE_S": "600",
+        "AUTH_FAILURE_LIMIT": "5",
+        "AUTH_FAILURE_WINDOW_S": "30",
+        "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+        "HTTP_REQUEST_TIMEOUT_S": "20",
+        "HTTP_MAX_HEADER_BYTES": "16384",
+        "HTTP_MAX_CONNECTIONS": "500",
         "LOG_LEVEL": "DEBUG",
         "LOG_FORMAT": "json",
     }
@@ -81,12 +92,21 @@ def test_every_variable_is_read() -> None:
     assert s.paxos_api_url == "https://api.paxos.com/v2"
     assert s.paxos_api_rps == 50.0
     assert s.paxos_max_connections == 16
+    assert s.paxos_timeout_s == 2.5
     assert s.fetch_retry_horizon_s == 86400
+    assert s.fetch_retry_max_delay_s == 60
+    assert s.fetch_lease_s == 30
     assert s.reconcile_include_test is True
     assert s.projection_max_lag_s == 120
+    assert s.seal_interval_s == 2.5
+    assert s.audit_max_unsealed_age_s == 600
     assert s.api_read_tokens == ("r1", "r2")
     assert s.log_level == "debug"
     assert s.data_dir == Path("/srv/paxos")
+    assert (s.auth_failure_limit, s.auth_failure_window_s) == (5, 30)
+    assert s.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+    assert (s.http_request_timeout_s, s.http_max_header_bytes) == (20, 16384)
+    assert s.http_max_connections == 500
 
 
 @pytest.mark.parametrize(
@@ -106,6 +126,11 @@ def test_every_variable_is_read() -> None:
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"RECONCILE_INTERVAL_S": "0"}, "RECONCILE_INTERVAL_S"),
         ({"RECONCILE_INCLUDE_TEST": "maybe"}, "RECONCILE_INCLUDE_TEST"),
+        ({"TRUSTED_PROXIES": "proxy.internal"}, "TRUSTED_PROXIES"),
+        ({"AUTH_FAILURE_LIMIT": "0"}, "AUTH_FAILURE_LIMIT"),
+        ({"HTTP_MAX_HEADER_BYTES": "10"}, "HTTP_MAX_HEADER_BYTES"),
+        ({"SEAL_INTERVAL_S": "0"}, "SEAL_INTERVAL_S"),
+        ({"AUDIT_MAX_UNSEALED_AGE_S": "soon"}, "AUDIT_MAX_UNSEALED_AGE_S"),
     ],
 )
 def test_a_wrong_value_is_named(env: dict[str, str], names: str) -> None:
