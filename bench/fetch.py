@@ -13,8 +13,8 @@ as a real subprocess pointed at it. Three figures:
     the intake's own statement, in batches, without HTTP), then one `paxos-events worker`
     starts and drains them. Throughput = (N - 1) / (last - first `events.fetched_at`).
     Target >= 1,000 events/s, so that the fetcher is never the bottleneck. Note the
-    ceiling: the limiter spaces calls 1 / (PAXOS_API_RPS x its safety margin) apart (0.98
-    when this was written: 980 calls/s at the largest setting), so the target cannot be
+    ceiling: the limiter spaces calls 1 / (PAXOS_API_RPS x its safety margin) apart (0.96
+    when this was written: 9,600 calls/s at the largest setting), so the target cannot be
     met as stated; the table shows the ceiling, and how close the rest of the path gets.
 (b) the rate limit held: the simulator adds 100 ms to every call and allows 50 calls/s
     (answering 429 above, in any sliding second, as Paxos does); the worker runs with

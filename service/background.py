@@ -47,7 +47,14 @@ def build_paxos_client(
     )
     limiter = RateLimiter(engine, "paxos_api", settings.paxos_api_rps)
     timeout = httpx.Timeout(settings.paxos_timeout_s, connect=min(5.0, settings.paxos_timeout_s))
-    return PaxosClient(http, settings.paxos_api_url, tokens, limiter, timeout=timeout)
+    return PaxosClient(
+        http,
+        settings.paxos_api_url,
+        tokens,
+        limiter,
+        timeout=timeout,
+        connections=settings.paxos_max_connections,
+    )
 
 
 @dataclass

@@ -8,16 +8,15 @@ from httpx_aiohttp import AiohttpTransport
 from service import __version__
 
 
-def new_http_client(max_connections: int = 8) -> httpx.AsyncClient:
+def new_http_client(max_connections: int = 32) -> httpx.AsyncClient:
     """The process's client, with timeouts on every call.
 
     An `httpx.AsyncClient` (its API is what the code and the tests speak: tests inject the
     in-process simulator as an `httpx.ASGITransport`) whose transport is aiohttp's
     (`httpx-aiohttp`, by an httpx maintainer). The fetcher's CPU per Get Event was mostly
-    httpcore's connection-pool bookkeeping; aiohttp's C-accelerated connection handling
-    costs less than half as much per call (bench/fetch.py, phase a, shows the result).
-    Few connections on purpose: eight carry Paxos's 50 calls/s at up to 160 ms of latency;
-    `PAXOS_MAX_CONNECTIONS` raises it.
+    httpcore's connection-pool bookkeeping, which also grew with the pool; aiohttp's costs
+    less than half as much per call (bench/fetch.py, phase a, shows the result), so the pool
+    can match the fetcher's 32 calls in flight (`PAXOS_MAX_CONNECTIONS`).
     """
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections

@@ -35,11 +35,6 @@ RATE_LIMIT_WAITS = Counter(
     "paxos_rate_limit_waits_total",
     "Times a Paxos call waited because the deployment's rate limit was used up",
 )
-RATE_LIMIT_MISSED = Counter(
-    "paxos_rate_limit_missed_total",
-    "Permits forfeited because this process reached them too late to use them safely "
-    "(a sign it is short of CPU)",
-)
 MISSED_WEBHOOKS = Counter(
     "paxos_missed_webhooks_total",
     "Events found by List Events (reconciler, backfill) that no webhook had brought, by type",

@@ -71,7 +71,7 @@ class Settings:
     paxos_client_secret: str | None = _secret()
     paxos_scope: str = "events:read_event"
     paxos_api_rps: float = 10.0
-    paxos_max_connections: int = 8
+    paxos_max_connections: int = 32
     # How long one Get/List Events call may take before it counts as failed (and is retried).
     paxos_timeout_s: float = 10.0
     fetch_retry_horizon_s: int = 7 * 86400
@@ -134,7 +134,7 @@ class Settings:
             paxos_client_secret=r.get("PAXOS_CLIENT_SECRET", _nonempty, None),
             paxos_scope=r.get("PAXOS_SCOPE", _nonempty, "events:read_event"),
             paxos_api_rps=r.get("PAXOS_API_RPS", _float_in(0.1, 10_000.0), 10.0),
-            paxos_max_connections=r.get("PAXOS_MAX_CONNECTIONS", _int_in(1, 256), 8),
+            paxos_max_connections=r.get("PAXOS_MAX_CONNECTIONS", _int_in(1, 256), 32),
             paxos_timeout_s=r.get("PAXOS_TIMEOUT_S", _float_in(0.5, 120.0), 10.0),
             fetch_retry_horizon_s=r.get(
                 "FETCH_RETRY_HORIZON_S", _int_in(60, 90 * 86400), 7 * 86400
