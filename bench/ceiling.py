@@ -25,7 +25,9 @@ from litestar.datastructures import State
 from service.api.problems import EXCEPTION_HANDLERS
 from service.events.notification import Notification
 from service.logs import configure
+from service.serving import server_config
 from service.settings import Settings
+from service.throttle import FailureThrottle, throttle_middleware
 from service.webhooks.auth import ApiKeyAuthenticator
 from service.webhooks.controller import webhook_handler
 
@@ -53,6 +55,12 @@ def create_ceiling_app(settings: Settings) -> Litestar:
             }
         ),
         debug=False,
+        # As in create_app: the failed-authentication throttle wraps the intake.
+        middleware=[
+            throttle_middleware(
+                FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_s)
+            )
+        ],
     )
 
 
@@ -60,17 +68,9 @@ def main() -> None:
     settings = Settings.from_env(os.environ)
     settings.check()
     configure(settings.log_level, settings.log_format)
-    # The same uvicorn options as `paxos-events serve` (service/cli.py): keep them in step, or
-    # the ratio compares two different servers.
-    config = uvicorn.Config(
-        create_ceiling_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
+    # The very uvicorn configuration of `paxos-events serve` (protocol with its request
+    # limits included), so that the ratio compares the same server with and without a store.
+    config = server_config(create_ceiling_app(settings), settings)
     uvicorn.Server(config).run()
 
 

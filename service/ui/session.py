@@ -28,12 +28,10 @@ from typing import Any, Literal
 import msgspec
 from litestar import Request, Response
 from litestar.datastructures import Cookie
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
-from service.store.tables import service_keys
+from service.store.keys import load_service_key
 
 SESSION_COOKIE = "pes_session"
 LOGIN_CSRF_COOKIE = "pes_login_csrf"
@@ -64,23 +62,8 @@ class _Payload(msgspec.Struct, array_like=True, frozen=True):
 
 
 async def load_session_key(engine: AsyncEngine) -> bytes:
-    """The HMAC key of console sessions: created on first use, shared by every process.
-
-    Concurrent first uses are safe: the loser's insert does nothing, and its select then sees
-    the winner's key.
-    """
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(service_keys)
-            .values(name=KEY_NAME, secret=secrets.token_bytes(32))
-            .on_conflict_do_nothing(index_elements=[service_keys.c.name])
-        )
-        key = await conn.scalar(
-            select(service_keys.c.secret).where(service_keys.c.name == KEY_NAME)
-        )
-    if not key:
-        raise RuntimeError(f"service_keys has no usable {KEY_NAME!r} row")
-    return bytes(key)
+    """The HMAC key of console sessions, shared by every process."""
+    return await load_service_key(engine, KEY_NAME)
 
 
 async def session_key(request: Request[Any, Any, Any]) -> bytes:

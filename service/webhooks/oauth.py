@@ -26,14 +26,12 @@ from litestar.exceptions import InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.api.openapi import problem, request_body_operation
 from service.api.problems import Problem, Unauthenticated
 from service.settings import Settings, WebhookAuth
-from service.store.tables import service_keys
+from service.store.keys import load_service_key
 from service.webhooks.auth import bearer_token, matches_any
 
 log = structlog.get_logger(__name__)
@@ -53,23 +51,8 @@ _encoder = msgspec.json.Encoder()
 
 
 async def load_signing_key(engine: AsyncEngine) -> bytes:
-    """The HMAC key of the tokens we issue: created on first start, then shared by every process.
-
-    Concurrent first starts are safe: the loser's insert waits for the winner's commit and
-    does nothing, and its select (a new snapshot under READ COMMITTED) then sees the winner's key.
-    """
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(service_keys)
-            .values(name=SIGNING_KEY_NAME, secret=secrets.token_bytes(32))
-            .on_conflict_do_nothing(index_elements=[service_keys.c.name])
-        )
-        key = await conn.scalar(
-            select(service_keys.c.secret).where(service_keys.c.name == SIGNING_KEY_NAME)
-        )
-    if not key:
-        raise RuntimeError(f"service_keys has no usable {SIGNING_KEY_NAME!r} row")
-    return bytes(key)
+    """The HMAC key of the tokens we issue, shared by every process."""
+    return await load_service_key(engine, SIGNING_KEY_NAME)
 
 
 class OAuthTokenAuthenticator:
