@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import asyncpg
 
-from service.db import create_engine, plain_url, with_database
+from service.db import create_engine, plain_url, start_embedded_postgres, with_database
 from service.migrations import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def server_url() -> str:
+    """A URL on the benchmarks' Postgres server with the right to create databases: the
+    embedded one under .data/bench unless BENCH_DATABASE_URL names another. Call it outside
+    an event loop (the embedded server's start runs a loop of its own)."""
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if url:
+        return url
+    return start_embedded_postgres(ROOT / ".data" / "bench")
 
 
 async def _admin(admin_url: str) -> asyncpg.Connection:

@@ -32,9 +32,10 @@ from typing import Any
 
 import asyncpg
 
+from bench.database import server_url
 from service.audit.seals import seal_pending
 from service.audit.verify import verify
-from service.db import create_engine, plain_url, start_embedded_postgres, with_database
+from service.db import create_engine, plain_url, with_database
 from service.migrations import upgrade
 
 EVENTS = 1_000_000
@@ -205,8 +206,4 @@ async def main(reuse: bool, server: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reuse", action="store_true", help="keep the loaded database")
-    # Started outside the event loop: it runs a loop of its own to create its database.
-    server = os.environ.get("BENCH_DATABASE_URL") or start_embedded_postgres(
-        ROOT / ".data" / "bench"
-    )
-    asyncio.run(main(parser.parse_args().reuse, server))
+    asyncio.run(main(parser.parse_args().reuse, server_url()))

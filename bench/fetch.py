@@ -84,6 +84,7 @@ import httpx
 import msgspec
 
 from bench import database
+from bench.database import server_url
 from bench.ingest import (
     API_KEY,
     API_KEY_HEADER,
@@ -94,7 +95,6 @@ from bench.ingest import (
     machine,
     print_report,
     server_env,
-    server_url,
     servers,
     start_server,
     verdict,

@@ -64,7 +64,8 @@ import asyncpg
 import httpx
 
 from bench import database
-from service.db import plain_url, start_embedded_postgres, with_database
+from bench.database import server_url
+from service.db import plain_url, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_DIR = ROOT / "bench" / "wrk"
@@ -204,14 +205,6 @@ class MachineWatch:
 
 
 # --- the database -----------------------------------------------------------------------
-
-
-def server_url() -> str:
-    """A URL on the bench's Postgres server with the right to create databases."""
-    url = os.environ.get("BENCH_DATABASE_URL")
-    if url:
-        return url
-    return start_embedded_postgres(ROOT / ".data" / "bench")
 
 
 async def recreate_database(admin_url: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.database import server_url
 from bench.fetch import (
     CLI,
     INTAKE_PATH,
@@ -40,7 +41,6 @@ from bench.fetch import (
 from bench.ingest import (
     Row,
     machine,
-    server_url,
     servers,
     start_server,
     table,

@@ -54,7 +54,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bench import database
-from service.db import create_engine, plain_url, start_embedded_postgres, with_database
+from bench.database import server_url
+from service.db import create_engine, plain_url, with_database
 from service.paxos.universe import TRANSFER_KINDS
 from service.store.events import EventFilter, Position, list_events
 
@@ -195,14 +196,6 @@ class Result:
     deep_p95_ms: float | None
     ok: bool
     note: str
-
-
-def server_url() -> str:
-    """The server to use: BENCH_DATABASE_URL, else the embedded one under .data/bench."""
-    url = os.environ.get("BENCH_DATABASE_URL")
-    if url:
-        return url
-    return start_embedded_postgres(ROOT / ".data" / "bench")
 
 
 async def prepare(admin_url: str, events_n: int, reuse: bool) -> str:

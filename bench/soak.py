@@ -30,7 +30,7 @@ import asyncpg
 import httpx
 import msgspec
 
-from bench.database import drop, recreate
+from bench.database import drop, recreate, server_url
 from bench.fetch import (
     CLI,
     INTAKE_PATH,
@@ -45,7 +45,6 @@ from bench.ingest import (
     API_KEY_HEADER,
     Row,
     machine,
-    server_url,
     servers,
     start_server,
     table,
