@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import RowMapping, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics
@@ -40,6 +40,18 @@ RECONCILER_LOCK = 0x7061786F735F7263  # "paxos_rc"
 # Events younger than this are left to their webhook (it may still be in flight).
 GRACE = timedelta(seconds=60)
 PAGE_SIZE = 100  # List Events' largest page
+
+
+# What a pass shows to people (API and console): everything but its resume point and error.
+PASS_COLUMNS = [c for c in reconcile_passes.c if c.name not in ("resume", "error")]
+
+
+async def recent_passes(conn: AsyncConnection, limit: int) -> list[RowMapping]:
+    """The newest List Events passes (reconciler and backfills) with their counts."""
+    rows = await conn.execute(
+        select(*PASS_COLUMNS).order_by(reconcile_passes.c.pass_id.desc()).limit(limit)
+    )
+    return [r._mapping for r in rows]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from service.api.openapi import problem, request_body_operation
 from service.api.problems import InvalidParameter, Problem
 from service.events.notification import EventType
 from service.jobs import create_job
+from service.reconcile import PASS_COLUMNS, recent_passes
 from service.store.tables import reconcile_missed, reconcile_passes
 
 
@@ -83,7 +84,6 @@ _BACKFILL_SCHEMA = Schema(
     additional_properties=False,
 )
 _MAX_BIGINT = 2**63 - 1
-_PASS_COLUMNS = [c for c in reconcile_passes.c if c.name not in ("resume", "error")]
 _decoder = msgspec.json.Decoder(BackfillRequest)
 
 
@@ -149,10 +149,7 @@ class ReconciliationController(Controller):
             raise InvalidParameter("limit", "must be from 1 to 500")
         engine: AsyncEngine = request.app.state.engine
         async with engine.connect() as conn:
-            rows = await conn.execute(
-                select(*_PASS_COLUMNS).order_by(reconcile_passes.c.pass_id.desc()).limit(limit)
-            )
-            return PassList([PassView(**r._mapping) for r in rows])
+            return PassList([PassView(**row) for row in await recent_passes(conn, limit)])
 
     @get("/reconciliation/{pass_id:int}", summary="One pass and the missed webhooks it found")
     async def one_pass(
@@ -164,7 +161,7 @@ class ReconciliationController(Controller):
         async with engine.connect() as conn:
             row = (
                 await conn.execute(
-                    select(*_PASS_COLUMNS).where(reconcile_passes.c.pass_id == pass_id)
+                    select(*PASS_COLUMNS).where(reconcile_passes.c.pass_id == pass_id)
                 )
             ).one_or_none()
             if row is None:

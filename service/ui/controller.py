@@ -39,6 +39,7 @@ from service.jobs import create_job, get_job
 from service.projections import read
 from service.projections.runner import PROJECTIONS
 from service.projections.runner import lag as projection_lag
+from service.reconcile import recent_passes
 from service.settings import Settings
 from service.store.events import EventFilter, Position, get_event, list_events
 from service.store.fetch_queue import fetch_backlog, make_due
@@ -440,7 +441,7 @@ class ConsoleController(Controller):
             total, total_exact = await queries.stored_events(conn)
             lags = await projection_lag(conn)
             limits = await queries.rate_limits(conn)
-            passes = await queries.recent_passes(conn)
+            passes = await recent_passes(conn, 10)
             jobs = await queries.recent_jobs(conn)
             failed = await list_events(conn, EventFilter(status="failed"), limit=PAGE_SIZE)
             head = await seals.head(conn)

@@ -97,19 +97,6 @@ async def rate_limits(conn: AsyncConnection) -> list[RateLimitUse]:
     return [RateLimitUse(r.name, float(r.ahead), float(r.paused)) for r in rows]
 
 
-async def recent_passes(conn: AsyncConnection, limit: int = 10) -> list[dict[str, Any]]:
-    """The newest List Events passes (reconciler and backfills) with their counts."""
-    rows = await conn.execute(
-        text(
-            "SELECT pass_id, kind, job_id, window_since, window_until, status, pages, found, "
-            "missing, known, started_at, finished_at "
-            "FROM reconcile_passes ORDER BY pass_id DESC LIMIT :limit"
-        ),
-        {"limit": limit},
-    )
-    return [dict(r._mapping) for r in rows]
-
-
 async def recent_jobs(conn: AsyncConnection, limit: int = 10) -> list[dict[str, Any]]:
     """The newest jobs (backfills, rebuilds), newest first."""
     rows = await conn.execute(
