@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -136,8 +136,129 @@ def test_time_ns_agrees_with_the_rfc3339_parser(ns: int, zone: str) -> None:
 
 
 def test_unreadable_times_have_no_key() -> None:
-    for bad in ["", "2025-01-01", "2025-01-01T00:00:00", "yesterday", "9999-01-01T00:00:00Z", 5]:
+    for bad in [
+        "",
+        "2025-01-01",
+        "2025-01-01T00:00:00",
+        "yesterday",
+        "9999-01-01T00:00:00Z",
+        5,
+        "2025-13-01T00:00:00Z",
+        "2025-01-00T00:00:00Z",
+        "2025-01-01T24:00:00Z",
+        "2025-01-01T00:00:00+24:00",
+        "2025-01-01T00:00:00.Z",
+        "2025-01-01T00:00:00\u0663Z",
+    ]:
         assert time_ns(bad) is None
+
+
+# RFC 3339's range of each two-digit field of a time.
+_RANGES = {
+    "month": (1, 12),
+    "day": (1, 31),
+    "hour": (0, 23),
+    "minute": (0, 59),
+    "second": (0, 60),
+    "offset_hour": (0, 23),
+    "offset_minute": (0, 59),
+}
+
+
+@st.composite
+def near_rfc3339(draw: st.DrawFn) -> str:
+    """A time as Paxos writes it, with either separator, 0 to 12 fractional digits and any
+    zone; at most one field (the year too) at or just past an end of its range, or 00 or 99;
+    one in two then gets one character replaced, dropped or added."""
+    off = draw(st.sampled_from([None, *_RANGES]))
+    f = {}
+    for name, (low, high) in _RANGES.items():
+        edges = sorted({max(low - 1, 0), low, high, high + 1, 0, 99})
+        value = draw(st.sampled_from(edges) if name == off else st.integers(low, high))
+        f[name] = f"{value:02d}"
+    years = st.one_of(st.integers(1678, 2261), st.sampled_from([1677, 1678, 2261, 2262]))
+    fraction = draw(st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=12)))
+    zone = draw(st.sampled_from(["Z", "z", "+", "-"]))
+    text_ = (
+        f"{draw(years)}-{f['month']}-{f['day']}{draw(st.sampled_from('Tt'))}"
+        f"{f['hour']}:{f['minute']}:{f['second']}{'.' + fraction if fraction else ''}"
+        + (zone if zone in "Zz" else f"{zone}{f['offset_hour']}:{f['offset_minute']}")
+    )
+    edit = draw(st.sampled_from(["none", "none", "none", "replace", "drop", "add"]))
+    # Often at a separator, or where the fraction or the zone starts.
+    at = draw(st.one_of(st.sampled_from([4, 7, 10, 13, 16, 19]), st.integers(0, len(text_) - 1)))
+    char = draw(st.sampled_from("09a-:.TtZz+ \u0663\u00e9"))
+    return {
+        "none": text_,
+        "replace": text_[:at] + char + text_[at + 1 :],
+        "drop": text_[:at] + text_[at + 1 :],
+        "add": text_[:at] + char + text_[at:],
+    }[edit]
+
+
+async def stored_ns(engine: AsyncEngine, prefix: str) -> dict[str, int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT identity_id, last_ns FROM identities WHERE identity_id LIKE :p"),
+            {"p": prefix + "%"},
+        )
+        return {r.identity_id: r.last_ns for r in rows}
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(
+    times=[
+        "2261-12-31T23:59:60.999999999-23:59",  # the latest readable: still fits a bigint
+        "1678-01-01T00:00:00+23:59",  # the earliest
+        "2261-12-31T99:99:99Z",  # out of range; would overflow
+        "2025-02-31T00:00:00Z",  # counts on into March, in both
+        "2025-01-01t00:00:00.1234567891234z",
+    ]
+)
+@example(
+    times=[
+        "2025-01-01T00:00:00.Z",
+        "2025-01-01T00:00:00.5",
+        "2025/01-01T00:00:00Z",
+        "2025-01/01T00:00:00Z",
+        "2025-01-01 00:00:00Z",
+        "2025-01-01T00;00:00Z",
+        "2025-01-01T00:00;00Z",
+        "2025-01-01T00:00:00+05-30",
+        "2025-01-01T00:00:00*05:30",
+        "2025-01-01T00:00:00.12a4Z",
+        "2025-01-01T00:00:00.1234\u00e9",
+        "2025-01-01T00:00:0Z",
+        "2025-01-01T00:00:00+00:0",
+        "20250-01-01T00:00:00Z",
+        "2025-01-01T00:00:00Zz",
+        "\uff12025-01-01T00:00:00Z",
+        "2025-01-01T00:00:00+05:30",
+    ]
+)
+@given(times=st.lists(near_rfc3339(), min_size=10, max_size=50))
+async def test_sql_reads_every_time_as_time_ns_does(engine: AsyncEngine, times: list[str]) -> None:
+    """The SQL's checks and sums give what `time_ns` gives, through the runner's batches and
+    through a rebuild, on times near RFC 3339; none of them stops the projection."""
+    prefix = f"idt-{uuid.uuid4().hex[:8]}-"
+    bodies = [
+        event("identity.approved", {"identity_id": f"{prefix}{i}"}, created_at)
+        for i, created_at in enumerate(times)
+    ]
+    expected = {
+        f"{prefix}{i}": ns
+        for i, created_at in enumerate(times)
+        if (ns := time_ns(created_at)) is not None
+    }
+    await append(engine, bodies)
+    await Projector(engine).catch_up()
+    assert await stored_ns(engine, prefix) == expected
+    await rebuild(engine, IDENTITIES)
+    assert await stored_ns(engine, prefix) == expected
 
 
 async def test_sql_orders_by_nanoseconds_then_id(engine: AsyncEngine) -> None:

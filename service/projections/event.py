@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 # RFC 3339 as Paxos writes it: up to 9 fractional digits (more are cut, as Paxos's own
-# sort would), `Z` or a numeric offset. The SQL twin of this pattern is `sql.TIME_PATTERN`.
+# sort would), `Z` or a numeric offset. `sql._EXTRACT` makes the same checks without a regex.
 _TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
     r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
@@ -38,18 +38,36 @@ def days_from_civil(year: int, month: int, day: int) -> int:
 
 
 def time_ns(text: object) -> int | None:
-    """Nanoseconds since the epoch of an RFC 3339 `created_at`, or None if it is not one."""
+    """Nanoseconds since the epoch of an RFC 3339 `created_at`, or None if it is not one.
+
+    Fields are checked against RFC 3339's ranges (a 31st of February passes, and counts on
+    into March; a 60th second counts as the next minute's first). Beyond the ranges a time
+    could overflow nanoseconds in the database's bigint, which would stop the projection.
+    """
     if not isinstance(text, str) or not _TIME.fullmatch(text):
         return None
     # Outside these years nanoseconds since the epoch do not fit the database's bigint.
     if not "1678" <= text[:4] <= "2261":
         return None
-    days = days_from_civil(int(text[0:4]), int(text[5:7]), int(text[8:10]))
-    seconds = days * 86400 + int(text[11:13]) * 3600 + int(text[14:16]) * 60 + int(text[17:19])
+    year, month, day = int(text[0:4]), int(text[5:7]), int(text[8:10])
+    hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
     zone_length = 1 if text[-1] in "Zz" else 6
+    offset_hours, offset_minutes = (0, 0)
     if zone_length == 6:
-        offset = int(text[-5:-3]) * 3600 + int(text[-2:]) * 60
-        seconds -= offset if text[-6] == "+" else -offset
+        offset_hours, offset_minutes = int(text[-5:-3]), int(text[-2:])
+    if not (
+        1 <= month <= 12
+        and 1 <= day <= 31
+        and hour <= 23
+        and minute <= 59
+        and second <= 60
+        and offset_hours <= 23
+        and offset_minutes <= 59
+    ):
+        return None
+    seconds = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    offset = offset_hours * 3600 + offset_minutes * 60
+    seconds -= offset if text[-6] == "+" else -offset
     fraction = text[20 : len(text) - zone_length] if text[19] == "." else ""
     return seconds * NS + int(fraction[:9].ljust(9, "0"))
 

@@ -9,12 +9,13 @@
    chunk records itself in `<name>_rebuild_chunks` in its own transaction, so a killed rebuild
    keeps the chunks done from the start and redoes the rest.
 2. Folding: the staging table is folded into the empty shadow tables (`<table>_rebuild`,
-   primary key only) with the runner's fold (`sql.fold_statement`), so each subject is
-   written once rather than once per chunk. The staging table is split by a hash of the
-   subject into parts of about FOLD_EVENTS rows, folded one transaction each, on `WORKERS`
-   connections at once (parts share no subject, hence no row lock). A fold that dies is
-   redone from the staging table; once done, the staging tables go and the shadow's own
-   checkpoint (`<name>@rebuild`) says where the shadow stands.
+   without even their primary keys) with the runner's fold (`sql.fold_statement`, as plain
+   INSERTs), so each subject is written once rather than once per chunk. The staging table
+   is split by a hash of the subject into parts of about FOLD_EVENTS rows, folded one
+   transaction each, on `WORKERS` connections at once (parts share no subject). A fold that
+   dies is redone from the staging table; once done, one transaction builds the shadow's
+   primary keys, drops the staging tables and sets the shadow's own checkpoint
+   (`<name>@rebuild`) to where the shadow stands.
 3. Catching up: the runner's statement applies what arrived since, batch by batch.
 4. The shadow's secondary indexes are built once the bulk is in (faster than maintaining
    them row by row).
@@ -122,16 +123,11 @@ async def _prepare(conn: AsyncConnection, projection: Projection, total: int) ->
     if has_checkpoint and all(shadows) and (all(staging) or not any(staging)):
         return True, not any(staging)
     for table in projection.tables:
+        # No key yet: the fold fills the shadow with plain INSERTs and the key is built once,
+        # with the staging tables' end (`_fold`).
         shadow = shadow_name(table)
-        pk_name, pk_columns = _primary_key(table)
         await conn.execute(text(f"DROP TABLE IF EXISTS {shadow}"))
         await conn.execute(text(f"CREATE TABLE {shadow} (LIKE {table} INCLUDING DEFAULTS)"))
-        await conn.execute(
-            text(
-                f"ALTER TABLE {shadow} ADD CONSTRAINT {pk_name}{SHADOW_SUFFIX} "
-                f"PRIMARY KEY ({', '.join(pk_columns)})"
-            )
-        )
     # Unlogged: no WAL for rows that are thrown away at the end. A server crash empties both
     # tables together, and the rebuild then stages again from the start.
     facts, chunks = facts_name(projection), chunks_name(projection)
@@ -153,6 +149,23 @@ async def _prepare(conn: AsyncConnection, projection: Projection, total: int) ->
         {"n": checkpoint},
     )
     return False, False
+
+
+async def _key_shadow(conn: AsyncConnection, projection: Projection) -> None:
+    """Give the shadow tables the live tables' primary keys (under shadow names), unless
+    they have them."""
+    for table in projection.tables:
+        shadow = shadow_name(table)
+        pk_name, pk_columns = _primary_key(table)
+        if not await conn.scalar(
+            text("SELECT 1 FROM pg_constraint WHERE conname = :n"), {"n": pk_name + SHADOW_SUFFIX}
+        ):
+            await conn.execute(
+                text(
+                    f"ALTER TABLE {shadow} ADD CONSTRAINT {pk_name}{SHADOW_SUFFIX} "
+                    f"PRIMARY KEY ({', '.join(pk_columns)})"
+                )
+            )
 
 
 async def _secondary_indexes(conn: AsyncConnection, table: str) -> list[tuple[str, str]]:
@@ -378,7 +391,7 @@ async def _stage(
 
 async def _fold(engine: AsyncEngine, projection: Projection, staged_to: Position) -> None:
     """Fold the staging table into the emptied shadow, part after part on each connection,
-    then drop the staging tables and move the shadow's checkpoint."""
+    then key the shadow, drop the staging tables and move the shadow's checkpoint."""
     shadows = {t: shadow_name(t) for t in projection.tables}
     facts = facts_name(projection)
     async with engine.begin() as conn:
@@ -404,6 +417,8 @@ async def _fold(engine: AsyncEngine, projection: Projection, staged_to: Position
 
     await _all([fold_parts() for _ in range(WORKERS)])
     async with engine.begin() as conn:
+        await conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
+        await _key_shadow(conn, projection)
         await conn.execute(
             text(
                 "UPDATE projection_checkpoints SET xid = CAST(:xid AS xid8), position = :position, "

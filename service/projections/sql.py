@@ -37,16 +37,21 @@ from service.projections.identity import (
     KYC_PREFIX,
 )
 
-# `event.time_ns` in SQL. Twin of `event._TIME`; years outside 1678..2261 do not fit
-# nanoseconds in a bigint, so such times are unreadable (NULL) in both.
-TIME_PATTERN = (
-    "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
-    "(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
-)
-
 # The extract, as a LATERAL over a journal row `j` (event_id, body). Each body is parsed once
 # (fenced with OFFSET 0, or the planner copies the cast into every use; a \u0000 escape, which
 # jsonb refuses, is replaced as the fetcher does for `detail`), and so is its object.
+#
+# `created_at` becomes nanoseconds as `event.time_ns` computes them: the same checks as its
+# pattern (RFC 3339 with `T` or `t`, an optional fraction, `Z`, `z` or an offset) and ranges,
+# then the same sums. The checks read the time's UTF-8 bytes (`get_byte`, in place), not its
+# characters: a regular expression had PostgreSQL build its automaton anew on every call (a
+# fifth of a rebuild's work), and character positions in text are found by walking the string
+# from its start on every call. Any byte that is not ASCII fails a check, so a time that
+# passes is ASCII throughout. Each level is fenced (OFFSET 0): inlined, a column would be
+# computed once per use, and no byte is read before the level below has checked the length.
+# (Levels, not LATERAL joins, which the planner would try to memoize.) Years outside
+# 1678..2261 do not fit nanoseconds in a bigint, so such times are unreadable (NULL) here and
+# in `time_ns`.
 #
 # Projections reflect real events only. Test events are dropped by the statements around the
 # extract, through the small partial index of test events (ix_events_test_event_id, hence
@@ -55,50 +60,150 @@ TIME_PATTERN = (
 _EXTRACT = """
     SELECT p.type, p.created_at,
            ((p.y / 400 * 146097 + p.y % 400 * 365 + p.y % 400 / 4 - p.y % 400 / 100
-             + (153 * ((p.mo + 9) % 12) + 2) / 5 + p.d - 1 - 719468) * 86400
-            + p.sod - p.off) * 1000000000 + p.frac AS ns,
+             + (153 * ((p.month + 9) % 12) + 2) / 5 + p.day - 1 - 719468) * 86400
+            + p.hour * 3600 + p.minute * 60 + p.second - p.off) * 1000000000 + p.frac AS ns,
            {facts}
     FROM (
-        -- `event.time_ns`: days from the civil date (H. Hinnant's algorithm; the year is
-        -- 1678..2261 here, so its era is y / 400), seconds, the offset, nanoseconds.
-        SELECT p.*, p.v / 10000000000 - CASE WHEN p.v / 100000000 % 100 <= 2 THEN 1 ELSE 0 END
-                    AS y,
-               p.v / 100000000 % 100 AS mo, p.v / 1000000 % 100 AS d,
-               p.v / 10000 % 100 * 3600 + p.v / 100 % 100 * 60 + p.v % 100 AS sod
+        -- Days from the civil date (H. Hinnant's algorithm; the year is 1678..2261, so its
+        -- era is y / 400); a bigint, so that the sums in nanoseconds are too.
+        SELECT p.*, CAST(p.year AS bigint) - CASE WHEN p.month <= 2 THEN 1 ELSE 0 END AS y
         FROM (
-            -- The regex admitted only digits around the separators: the casts cannot fail.
-            -- Fenced (OFFSET 0) like every level here: inlined, `v` would be computed once
-            -- per use. (Levels, not LATERAL joins, which the planner would try to memoize.)
-            SELECT p.*, CAST(translate(left(p.created_at, 19), '-Tt:', '') AS bigint) AS v,
-                   CASE WHEN right(p.created_at, 1) IN ('Z', 'z') THEN 0
-                        ELSE CASE WHEN left(right(p.created_at, 6), 1) = '+' THEN 1 ELSE -1 END
-                             * (CAST(left(right(p.created_at, 5), 2) AS bigint) * 3600
-                                + CAST(right(p.created_at, 2) AS bigint) * 60)
+            -- Checked: every digit place holds a digit, the fraction (after a dot) is digits
+            -- (btrim of the ASCII digits leaves nothing), every field is in its range; so the
+            -- fraction's cast cannot fail.
+            SELECT p.type, p.obj, p.created_at, {fields},
+                   CASE WHEN p.zone_length = 1 THEN 0
+                        ELSE CASE WHEN p.zone_sign = ascii('+') THEN 1 ELSE -1 END
+                             * ({zone_hour} * 3600 + {zone_minute} * 60)
                    END AS off,
-                   CASE WHEN substr(p.created_at, 20, 1) = '.'
-                        THEN CAST(rpad(left(substr(p.created_at, 21), least(9,
-                                  length(p.created_at) - 20
-                                  - CASE WHEN right(p.created_at, 1) IN ('Z', 'z') THEN 1 ELSE 6 END
-                             )), 9, '0') AS bigint)
-                        ELSE 0 END AS frac
+                   CASE WHEN p.fraction_length = 0 THEN 0
+                        ELSE CAST(rpad(substr(p.created_at, 21, least(p.fraction_length - 1, 9)),
+                                       9, '0') AS bigint)
+                   END AS frac
             FROM (
-                SELECT q.b ->> 'type' AS type, q.b -> 'object' AS obj,
-                       CASE WHEN jsonb_typeof(q.b -> 'created_at') = 'string'
-                                 AND (q.b ->> 'created_at') ~ '{pattern}'
-                                 AND left(q.b ->> 'created_at', 4) BETWEEN '1678' AND '2261'
-                            THEN q.b ->> 'created_at' END AS created_at
+                -- Each digit place as a number (a digit if 0..9); where the zone starts.
+                SELECT p.type, p.obj, p.created_at, p.t, {digits},
+                       get_byte(p.t, 4) = ascii('-') AND get_byte(p.t, 7) = ascii('-')
+                       AND get_byte(p.t, 10) IN (ascii('T'), ascii('t'))
+                       AND get_byte(p.t, 13) = ascii(':') AND get_byte(p.t, 16) = ascii(':')
+                           AS separated,
+                       p.zone_length, get_byte(p.t, p.n - 6) AS zone_sign,
+                       p.n - 19 - p.zone_length AS fraction_length,
+                       get_byte(p.t, 19) AS after_seconds
                 FROM (
-                    SELECT CAST(replace(CAST(j.body AS text), '\\u0000', '\\ufffd') AS jsonb) AS b
+                    -- The zone: `Z`, `z` or an offset (+hh:mm or -hh:mm) at the end.
+                    SELECT p.*,
+                           CASE WHEN get_byte(p.t, p.n - 1) IN (ascii('Z'), ascii('z')) THEN 1
+                                WHEN get_byte(p.t, p.n - 6) IN (ascii('+'), ascii('-'))
+                                     AND get_byte(p.t, p.n - 3) = ascii(':') THEN 6
+                           END AS zone_length
+                    FROM (
+                        -- As text: only a JSON string's text can pass the checks. Bytes from
+                        -- 0 to 19 and the last six can be read (at least 20 of them).
+                        SELECT q.type, q.b -> 'object' AS obj, q.created_at, q.t,
+                               octet_length(q.t) AS n
+                        FROM (
+                            SELECT q.type, q.b, q.created_at,
+                                   convert_to(q.created_at, 'UTF8') AS t
+                            FROM (
+                                SELECT q.b, q.b ->> 'type' AS type,
+                                       q.b ->> 'created_at' AS created_at
+                                FROM (
+                                    SELECT CAST(replace(CAST(j.body AS text), '\\u0000',
+                                                        '\\ufffd') AS jsonb) AS b
+                                    OFFSET 0
+                                ) q
+                                OFFSET 0
+                            ) q
+                            WHERE q.type LIKE '{prefix}%'
+                            OFFSET 0
+                        ) q
+                        WHERE octet_length(q.t) >= 20
+                        OFFSET 0
+                    ) p
                     OFFSET 0
-                ) q
-                WHERE q.b ->> 'type' LIKE '{prefix}%'
+                ) p
+                WHERE p.zone_length IS NOT NULL
                 OFFSET 0
             ) p
-            WHERE p.created_at IS NOT NULL AND {subject} IS NOT NULL
+            WHERE p.separated AND {digits_checked}
+              AND (p.fraction_length = 0
+                   OR p.fraction_length >= 2 AND p.after_seconds = ascii('.')
+                      AND btrim(substring(p.t FROM 21 FOR p.fraction_length - 1),
+                                '\\x30313233343536373839'::bytea) = ''::bytea)
+              AND {ranges}
+              AND {subject} IS NOT NULL
             OFFSET 0
         ) p
     ) p
 """
+
+# The byte offsets of each field's digits in `created_at`: YYYY-MM-DDThh:mm:ss, then the
+# zone's hh:mm, counted from the end (read only when there is an offset), and each field's
+# range, as `time_ns` checks them.
+_TIME_DIGITS = {
+    "year": (0, 1, 2, 3),
+    "month": (5, 6),
+    "day": (8, 9),
+    "hour": (11, 12),
+    "minute": (14, 15),
+    "second": (17, 18),
+}
+_ZONE_DIGITS = {"zone_hour": (-5, -4), "zone_minute": (-2, -1)}
+_TIME_RANGES = {
+    "year": (1678, 2261),
+    "month": (1, 12),
+    "day": (1, 31),
+    "hour": (0, 23),
+    "minute": (0, 59),
+    "second": (0, 60),
+}
+_ZONE_RANGES = {"zone_hour": (0, 23), "zone_minute": (0, 59)}
+
+
+def _time_sql() -> dict[str, str]:
+    """The generated parts of the extract's time checks and sums, by their place in it."""
+    digits = {
+        f"{name}_{i}": f"get_byte(p.t, {offset if offset >= 0 else f'p.n - {-offset}'}) - 48"
+        for name, offsets in {**_TIME_DIGITS, **_ZONE_DIGITS}.items()
+        for i, offset in enumerate(offsets)
+    }
+
+    def value(name: str, count: int) -> str:
+        return " + ".join(
+            f"p.{name}_{i}" + (f" * {10 ** (count - 1 - i)}" if i < count - 1 else "")
+            for i in range(count)
+        )
+
+    fields = {name: value(name, len(offsets)) for name, offsets in _TIME_DIGITS.items()}
+    zone = {name: value(name, 2) for name in _ZONE_DIGITS}
+
+    def in_range(column: str, low: int, high: int) -> str:
+        return f"{column} BETWEEN {low} AND {high}"
+
+    time_digits = [c for c in digits if not c.startswith("zone_")]
+    zone_digits = [c for c in digits if c.startswith("zone_")]
+    checks = [
+        *(in_range(f"p.{c}", 0, 9) for c in time_digits),
+        "(p.zone_length = 1 OR "
+        + " AND ".join(in_range(f"p.{c}", 0, 9) for c in zone_digits)
+        + ")",
+    ]
+    ranges = [
+        *(in_range(f"({fields[n]})", lo, hi) for n, (lo, hi) in _TIME_RANGES.items()),
+        "(p.zone_length = 1 OR "
+        + " AND ".join(in_range(f"({zone[n]})", lo, hi) for n, (lo, hi) in _ZONE_RANGES.items())
+        + ")",
+    ]
+    return {
+        "digits": ",\n                       ".join(f"{e} AS {c}" for c, e in digits.items()),
+        "digits_checked": "\n              AND ".join(checks),
+        "fields": ", ".join(f"{e} AS {n}" for n, e in fields.items()),
+        "zone_hour": f"({zone['zone_hour']})",
+        "zone_minute": f"({zone['zone_minute']})",
+        "ranges": "\n              AND ".join(ranges),
+    }
+
 
 # The runner's batch: the next journal `event` rows, gap-safely (DESIGN.md §1): positions are
 # assigned at insert but become visible at commit, so reading `position > checkpoint` would
@@ -197,7 +302,7 @@ _IDENTITY_FACTS = {
 }
 
 
-def _identities(tables: Mapping[str, str]) -> str:
+def _identities(tables: Mapping[str, str], upsert: bool) -> str:
     identities, controls = tables["identities"], tables["identity_controls"]
     # Every SET expression sees the row as it was, so the guards may name the key columns
     # they also overwrite.
@@ -266,8 +371,7 @@ upserted AS (
            kyc_state, kyc_last, kyc_next, kyc_ns, kyc_id,
            ns, event_id, type, created_at, n, now()
     FROM newest
-    ON CONFLICT (identity_id) DO UPDATE SET
-        {", ".join(sets)}
+    {_when(upsert, f"ON CONFLICT (identity_id) DO UPDATE SET {', '.join(sets)}")}
 ),
 controlled AS (
     INSERT INTO {controls} AS t (
@@ -279,19 +383,30 @@ controlled AS (
     FROM ev
     WHERE control_id IS NOT NULL
     ORDER BY identity_id COLLATE "C", control_id COLLATE "C", ns DESC, event_id DESC
-    ON CONFLICT (identity_id, control_id) DO UPDATE SET
+    {_when(upsert, _CONTROL_CONFLICT)}
+)"""
+
+
+_CONTROL_CONFLICT = """ON CONFLICT (identity_id, control_id) DO UPDATE SET
         deleted = excluded.deleted, control_type = excluded.control_type,
         set_by = excluded.set_by, is_overridable = excluded.is_overridable,
         reason_code = excluded.reason_code, created_at = excluded.created_at,
         event_ns = excluded.event_ns, event_id = excluded.event_id
-    WHERE (excluded.event_ns, excluded.event_id) > (t.event_ns, t.event_id)
-)"""
+    WHERE (excluded.event_ns, excluded.event_id) > (t.event_ns, t.event_id)"""
 
 
-def _latest_state(table: str, key: str, fields: Sequence[str]) -> str:
+def _when(condition: bool, clause: str) -> str:
+    return clause if condition else ""
+
+
+def _latest_state(table: str, key: str, fields: Sequence[str], upsert: bool) -> str:
     """A projection whose every field comes from the subject's newest event."""
     newest = _NEWEST.format(by='subject_id COLLATE "C"')
-    sets = _guarded([*fields, "last_event_type", "last_event_time"], "last_ns", "last_event_id")
+    sets = [
+        *_guarded([*fields, "last_event_type", "last_event_time"], "last_ns", "last_event_id"),
+        "events_count = t.events_count + excluded.events_count",
+        "updated_at = now()",
+    ]
     return f"""
 latest AS (
     SELECT DISTINCT ON (subject_id COLLATE "C")
@@ -306,10 +421,7 @@ upserted AS (
         last_ns, last_event_id, last_event_type, last_event_time, events_count, updated_at)
     SELECT subject_id, {", ".join(fields)}, ns, event_id, event_type, created_at, n, now()
     FROM latest
-    ON CONFLICT ({key}) DO UPDATE SET
-        {", ".join(sets)},
-        events_count = t.events_count + excluded.events_count,
-        updated_at = now()
+    {_when(upsert, f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(sets)}")}
 )"""
 
 
@@ -332,25 +444,32 @@ def _spec(name: str) -> _Spec:
     return _Spec(name[:-1] + ".", "subject_id", facts)
 
 
-def _fold(name: str, tables: Mapping[str, str]) -> str:
+def _fold(name: str, tables: Mapping[str, str], upsert: bool = True) -> str:
+    """The fold's CTEs; `upsert=False` for tables known to hold none of the subjects (an
+    emptied shadow, folded one part of the subjects at a time): plain INSERTs then give the
+    same rows, and the tables need no key while they fill."""
     from service.projections.orchestration import FIELDS as ORCHESTRATION_FIELDS
     from service.projections.transfer import FIELDS as TRANSFER_FIELDS
 
     if name == "identities":
-        return _identities(tables)
+        return _identities(tables, upsert)
     if name == "transfers":
-        return _latest_state(tables["transfers"], "transfer_id", TRANSFER_FIELDS)
+        return _latest_state(tables["transfers"], "transfer_id", TRANSFER_FIELDS, upsert)
     if name == "orchestrations":
-        return _latest_state(tables["orchestrations"], "orchestration_id", ORCHESTRATION_FIELDS)
+        return _latest_state(
+            tables["orchestrations"], "orchestration_id", ORCHESTRATION_FIELDS, upsert
+        )
     raise KeyError(name)
 
 
 def _extract(spec: _Spec) -> str:
     facts = ",\n           ".join(f"{expr} AS {column}" for column, expr in spec.facts.items())
+    sql = _EXTRACT
+    for part, value in _time_sql().items():
+        sql = sql.replace("{" + part + "}", value)
     return (
-        _EXTRACT.replace("{facts}", facts)
+        sql.replace("{facts}", facts)
         .replace("{subject}", spec.facts[spec.subject])
-        .replace("{pattern}", TIME_PATTERN)
         .replace("{prefix}", spec.prefix)
     )
 
@@ -413,10 +532,10 @@ def stage_statement(name: str, facts: str) -> TextClause:
 
 
 def fold_statement(name: str, tables: Mapping[str, str], facts: str) -> TextClause:
-    """Folds `facts` (a part of the staging table: whole subjects) into `tables`.
+    """Folds `facts` (a part of the staging table: whole subjects) into `tables`, which hold
+    none of its subjects: plain INSERTs, so the tables may be without their keys.
 
-    Parts hold disjoint subjects, so connections can fold them at the same time without
-    waiting on each other's row locks.
+    Parts hold disjoint subjects, so connections can fold them at the same time.
     """
     return _fold_statement(name, tuple(sorted(tables.items())), facts)
 
@@ -430,4 +549,4 @@ def _fold_statement(name: str, tables: tuple[tuple[str, str], ...], facts: str) 
         f"WITH ev AS NOT MATERIALIZED (\n    SELECT event_id, type, created_at, ns, "
         f"{', '.join(spec.facts)} FROM {facts}\n),"
     )
-    return text(ev + _fold(name, dict(tables)) + "\nSELECT 1")
+    return text(ev + _fold(name, dict(tables), upsert=False) + "\nSELECT 1")
