@@ -30,7 +30,7 @@ run: $(RUN_STAMP) ## Run the service at http://127.0.0.1:8000 (embedded Postgres
 	$(BIN)/paxos-events serve
 
 test: $(DEV_STAMP) /usr/bin/chromium ## Run the whole test suite (embedded Postgres unless TEST_DATABASE_URL is set)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP) ## ruff, the formatter's check, and mypy --strict
 	$(BIN)/ruff check service tests bench migrations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,7 +39,46 @@ def _server_url() -> str:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         return url
-    return start_embedded_postgres(ROOT / ".data" / "test")
+    # Under pytest-xdist each worker has a server of its own: transaction ids are server-wide,
+    # so one worker's open transaction would hold back the gap-safe readers' horizon
+    # (pg_snapshot_xmin) in another worker's databases.
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return start_embedded_postgres(ROOT / ".data" / (f"test-{worker}" if worker else "test"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for `-n auto` (`make test`): one per core, at most 4, each with its own embedded
+    server; none on a TEST_DATABASE_URL server, which they would all share (see _server_url)."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        return 0
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _own_id(item: pytest.Item) -> None:
+    """Schemathesis names each operation's test `test_x[GET /path]` but, under pytest 9.2,
+    all of them get the function's id; pytest-xdist schedules by id and would run only one
+    operation of them all. Give the item the id its name says."""
+    suffix = item.name[len(getattr(item, "originalname", item.name)) :]
+    if not suffix or item.nodeid.endswith(suffix):
+        return
+    node_id = getattr(item, "_id", None)
+    if node_id is not None and hasattr(type(node_id), "parse"):
+        item._id = type(node_id).parse(item.nodeid + suffix)  # pytest >= 9.2
+    else:
+        item._nodeid = item.nodeid + suffix
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        _own_id(item)
+        # The slow tests (real processes, timing windows) run one after another on one
+        # worker (`--dist loadgroup`), never two at once; the others are spread over the rest.
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("slow"))
+    shared = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    if shared:
+        raise pytest.UsageError(f"tests share an id, so pytest-xdist would run one: {shared[:3]}")
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,9 @@ from tests.conftest import API_KEY, READ_TOKEN
 from tests.factories import encode, notification
 from tests.served import Served, served
 
+# The same on every PostgreSQL: CI runs these on one server only.
+pytestmark = pytest.mark.server_independent
+
 # Short, so the tests that wait for it stay short; the default is 15 s.
 REQUEST_TIMEOUT_S = 2
 MAX_HEADER_BYTES = 16384

@@ -24,6 +24,9 @@ from tests.conftest import API_KEY, app_client, read_headers
 from tests.factories import encode, notification
 from tests.fetching import FAST, Paxos, deliver, paxos_settings, settle
 
+# The same on every PostgreSQL: CI runs these on one server only.
+pytestmark = pytest.mark.server_independent
+
 
 @pytest.fixture
 def json_logs() -> Iterator[io.StringIO]:

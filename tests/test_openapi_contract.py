@@ -24,6 +24,9 @@ from tests.conftest import ADMIN_TOKEN, API_KEY, READ_TOKEN
 from tests.factories import encode, notification
 from tests.served import Served, served
 
+# The same on every PostgreSQL: CI runs these on one server only.
+pytestmark = pytest.mark.server_independent
+
 MAX_EXAMPLES = 15
 
 CREDENTIALS = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Api-Key": API_KEY}

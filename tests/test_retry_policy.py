@@ -21,6 +21,9 @@ from service.paxos.client import (
 )
 from service.store.fetch_queue import Claim, FinalOutcome, RetryOutcome
 
+# The same on every PostgreSQL: CI runs these on one server only.
+pytestmark = pytest.mark.server_independent
+
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 POLICY = RetryPolicy()
 

@@ -37,6 +37,9 @@ from tests.fetching import FAST, Paxos, paxos_settings
 from tests.processes import ROOT, clean_env, free_port, wait_http
 from tests.processes import running as running_process
 
+# The same on every PostgreSQL: CI runs these on one server only.
+pytestmark = pytest.mark.server_independent
+
 ATTACKER = ("203.0.113.7", 40000)
 BYSTANDER = ("198.51.100.9", 40000)
 OAUTH_ID = "paxos"

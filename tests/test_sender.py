@@ -26,6 +26,9 @@ from service.paxos.simulate_cli import build_universe, simulate
 from service.paxos.simulator import SimulatorConfig, create_simulator
 from service.paxos.universe import Universe, generate_universe, parse_rfc3339_ns
 
+# The same on every PostgreSQL: CI runs these on one server only.
+pytestmark = pytest.mark.server_independent
+
 TARGET = "http://consumer.test/webhooks/paxos"
 TOKEN_URL = "http://consumer.test/oauth/token"
 # Real Paxos timing divided by 1000: first retry after 5 ms, horizon 86 s.

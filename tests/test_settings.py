@@ -13,6 +13,9 @@ import pytest
 
 from service.settings import Settings, SettingsError, WebhookAuth
 
+# The same on every PostgreSQL: CI runs these on one server only.
+pytestmark = pytest.mark.server_independent
+
 ROOT = Path(__file__).resolve().parent.parent
 VALID = {"WEBHOOK_API_KEYS": "k1"}
 

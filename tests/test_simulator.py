@@ -36,6 +36,9 @@ from service.paxos.universe import (
     to_ns,
 )
 
+# The same on every PostgreSQL: CI runs these on one server only.
+pytestmark = pytest.mark.server_independent
+
 CLIENT = {"client_id": "sim-client", "client_secret": "sim-secret"}
 START = datetime(2025, 1, 1, tzinfo=UTC)
 END = datetime(2025, 1, 2, tzinfo=UTC)

@@ -33,6 +33,9 @@ from service.webhooks.jwt import MAX_AGE_S, REFETCH_INTERVAL_S, AuthUnavailable,
 from tests.conftest import app_client
 from tests.factories import encode, notification
 
+# The same on every PostgreSQL: CI runs these on one server only.
+pytestmark = pytest.mark.server_independent
+
 ISSUER = "https://idp.example.test/"
 AUDIENCE = "https://paxos-event-store.example.test/webhooks"
 JWKS_URL = "https://idp.example.test/.well-known/jwks.json"
