@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import metrics
 from service.batching import CommitFailed, GroupWriter
 from service.notify import FETCHED_CHANNEL, Waker
+from service.outages import STORE_ERRORS, Outage
 from service.paxos.client import (
     Fetched,
     PaxosBadRequest,
@@ -153,7 +154,8 @@ class Fetcher:
             if self._concurrency - len(inflight) >= batch or not inflight:
                 slots.set()
 
-        failures = 0
+        # Back within 2 s of the database, without hammering it meanwhile.
+        outage = Outage("fetch queue", first_s=0.4, cap_s=2.0)
         drained = False
         try:
             while True:
@@ -166,13 +168,9 @@ class Fetcher:
                     continue
                 try:
                     claims = await claim_due(self._engine, free, self._lease_s)
-                    failures = 0
-                except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                    failures += 1
-                    if failures == 1:
-                        log.warning("fetch queue unavailable", error=type(exc).__name__)
-                    # Back within 2 s of the database, without hammering it meanwhile.
-                    await asyncio.sleep(min(2.0, 0.2 * 2**failures))
+                    outage.succeeded()
+                except STORE_ERRORS as exc:
+                    await asyncio.sleep(outage.failed(exc))
                     continue
                 for claim in claims:
                     task = asyncio.create_task(self._fetch(claim))

@@ -21,6 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.outages import STORE_ERRORS, Outage
+
 log = structlog.get_logger(__name__)
 
 JOBS_CHANNEL = "jobs"
@@ -118,11 +120,13 @@ class JobRunner:
 
     async def run(self) -> None:
         """Claim and run jobs until cancelled."""
+        outage = Outage("job queue", first_s=self._poll_s, cap_s=self._poll_s)
         while True:
             try:
                 job = await self._claim()
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                log.warning("job queue unavailable", error=type(exc).__name__)
+                outage.succeeded()
+            except STORE_ERRORS as exc:
+                outage.failed(exc)
                 job = None
             if job is None:
                 self.wakeup.clear()

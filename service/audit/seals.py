@@ -20,11 +20,11 @@ from typing import Any
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.canonical import GENESIS_HASH, ROW_HASH_SQL, pack_rows, seal_hash
-from service.batching import describe
+from service.outages import STORE_ERRORS, Outage
 
 log = structlog.get_logger(__name__)
 
@@ -198,11 +198,11 @@ class Sealer:
         self._interval_s = interval_s
 
     async def run(self) -> None:
-        failures = 0
+        outage = Outage("sealing", first_s=self._interval_s, cap_s=self._interval_s)
         while True:
             try:
                 sealed = await seal_pending(self._engine)
-                failures = 0
+                outage.succeeded()
                 if sealed:
                     log.debug(
                         "journal sealed",
@@ -212,11 +212,9 @@ class Sealer:
                     )
             except asyncio.CancelledError:
                 raise
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                # The database is away: say so once, not with a traceback every interval.
-                failures += 1
-                if failures == 1:
-                    log.warning("sealing paused: the store is unavailable", error=describe(exc))
+            except STORE_ERRORS as exc:
+                # The database is away: said once, not with a traceback every interval.
+                outage.failed(exc)
             except Exception:  # noqa: BLE001 - the next round tries again
                 log.exception("sealing failed; retrying next interval")
             await asyncio.sleep(self._interval_s)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics
+from service.outages import STORE_ERRORS, Outage
 from service.projections.sql import apply_statement
 
 log = structlog.get_logger(__name__)
@@ -170,7 +170,9 @@ class Projector:
     async def run(self) -> None:
         """Catch up, then poll (the wake-up event shortens the wait)."""
         next_lag = 0.0
-        failures = 0
+        # The database is away: try again soon, but not five times a second (and never
+        # longer than RETRY_CAP_S after it is back).
+        outage = Outage("projections", first_s=2 * self._poll_s, cap_s=RETRY_CAP_S)
         while True:
             # Cleared before catching up, so a wake-up that comes during it is not lost.
             self.wakeup.clear()
@@ -181,13 +183,8 @@ class Projector:
                     async with self._engine.connect() as conn:
                         await lag(conn, (p.name for p in self._projections))
                     next_lag = time.monotonic() + self._lag_every_s
-                failures = 0
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning("projections unavailable", error=type(exc).__name__)
-                # The database is away: try again soon, but not five times a second (and
-                # never longer than RETRY_CAP_S after it is back).
-                wait_s = min(RETRY_CAP_S, self._poll_s * 2**failures)
+                outage.succeeded()
+            except STORE_ERRORS as exc:
+                wait_s = outage.failed(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), wait_s)

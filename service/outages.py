@@ -1,0 +1,45 @@
+"""A background loop's spells without the database: said once, with a pause between tries.
+
+The fetcher, the projector, the sealer and the job runner each poll the database; while it is
+away each try fails the same way. One warning when a spell starts says so (a line per try
+would bury the log), one line when it ends says it is over, and the pause between tries
+doubles up to a cap, so a loop is back within the cap of the database's return without
+hammering it meanwhile.
+"""
+
+from __future__ import annotations
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.batching import describe
+
+log = structlog.get_logger(__name__)
+
+# What "the database is away" looks like to a loop: the driver's and SQLAlchemy's errors, a
+# refused or cut connection, a connect that timed out.
+STORE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+
+
+class Outage:
+    """Consecutive failed tries of one loop (`what`, as the log names it) to reach the
+    database."""
+
+    def __init__(self, what: str, *, first_s: float, cap_s: float) -> None:
+        self._what = what
+        self._first_s = first_s
+        self._cap_s = cap_s
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> float:
+        """Count a failed try; the pause before the next one (`first_s`, doubling to `cap_s`)."""
+        self.failures += 1
+        if self.failures == 1:
+            log.warning(f"{self._what}: the database is unavailable", error=describe(exc))
+        return float(min(self._cap_s, self._first_s * 2 ** (self.failures - 1)))
+
+    def succeeded(self) -> None:
+        """A try worked: a spell, if there was one, is over."""
+        if self.failures:
+            log.info(f"{self._what}: the database is back", failed_tries=self.failures)
+            self.failures = 0
