@@ -21,6 +21,19 @@ _TIME = re.compile(
     r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 NS = 1_000_000_000
+# RFC 3339's range of each field (the year's: nanoseconds since the epoch must fit the
+# database's bigint). Beyond them a time could overflow that bigint and stop the projection.
+# The SQL twin (`sql._EXTRACT`) checks the same table.
+FIELD_RANGES = {
+    "year": (1678, 2261),
+    "month": (1, 12),
+    "day": (1, 31),
+    "hour": (0, 23),
+    "minute": (0, 59),
+    "second": (0, 60),
+    "zone_hour": (0, 23),
+    "zone_minute": (0, 59),
+}
 
 
 def days_from_civil(year: int, month: int, day: int) -> int:
@@ -40,33 +53,27 @@ def days_from_civil(year: int, month: int, day: int) -> int:
 def time_ns(text: object) -> int | None:
     """Nanoseconds since the epoch of an RFC 3339 `created_at`, or None if it is not one.
 
-    Fields are checked against RFC 3339's ranges (a 31st of February passes, and counts on
-    into March; a 60th second counts as the next minute's first). Beyond the ranges a time
-    could overflow nanoseconds in the database's bigint, which would stop the projection.
+    Fields are checked against FIELD_RANGES (a 31st of February passes, and counts on into
+    March; a 60th second counts as the next minute's first).
     """
     if not isinstance(text, str) or not _TIME.fullmatch(text):
         return None
-    # Outside these years nanoseconds since the epoch do not fit the database's bigint.
-    if not "1678" <= text[:4] <= "2261":
-        return None
-    year, month, day = int(text[0:4]), int(text[5:7]), int(text[8:10])
-    hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
     zone_length = 1 if text[-1] in "Zz" else 6
-    offset_hours, offset_minutes = (0, 0)
-    if zone_length == 6:
-        offset_hours, offset_minutes = int(text[-5:-3]), int(text[-2:])
-    if not (
-        1 <= month <= 12
-        and 1 <= day <= 31
-        and hour <= 23
-        and minute <= 59
-        and second <= 60
-        and offset_hours <= 23
-        and offset_minutes <= 59
-    ):
+    fields = {
+        "year": int(text[0:4]),
+        "month": int(text[5:7]),
+        "day": int(text[8:10]),
+        "hour": int(text[11:13]),
+        "minute": int(text[14:16]),
+        "second": int(text[17:19]),
+        "zone_hour": int(text[-5:-3]) if zone_length == 6 else 0,
+        "zone_minute": int(text[-2:]) if zone_length == 6 else 0,
+    }
+    if not all(low <= fields[name] <= high for name, (low, high) in FIELD_RANGES.items()):
         return None
-    seconds = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-    offset = offset_hours * 3600 + offset_minutes * 60
+    days = days_from_civil(fields["year"], fields["month"], fields["day"])
+    seconds = days * 86400 + fields["hour"] * 3600 + fields["minute"] * 60 + fields["second"]
+    offset = fields["zone_hour"] * 3600 + fields["zone_minute"] * 60
     seconds -= offset if text[-6] == "+" else -offset
     fraction = text[20 : len(text) - zone_length] if text[19] == "." else ""
     return seconds * NS + int(fraction[:9].ljust(9, "0"))

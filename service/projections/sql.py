@@ -30,6 +30,7 @@ from functools import lru_cache
 
 from sqlalchemy import TextClause, text
 
+from service.projections.event import FIELD_RANGES
 from service.projections.identity import (
     CONTROL_CREATED,
     CONTROL_DELETED,
@@ -139,8 +140,8 @@ _EXTRACT = """
 """
 
 # The byte offsets of each field's digits in `created_at`: YYYY-MM-DDThh:mm:ss, then the
-# zone's hh:mm, counted from the end (read only when there is an offset), and each field's
-# range, as `time_ns` checks them.
+# zone's hh:mm, counted from the end (read only when there is an offset). Their ranges are
+# `event.FIELD_RANGES`, which `time_ns` checks too.
 _TIME_DIGITS = {
     "year": (0, 1, 2, 3),
     "month": (5, 6),
@@ -150,15 +151,6 @@ _TIME_DIGITS = {
     "second": (17, 18),
 }
 _ZONE_DIGITS = {"zone_hour": (-5, -4), "zone_minute": (-2, -1)}
-_TIME_RANGES = {
-    "year": (1678, 2261),
-    "month": (1, 12),
-    "day": (1, 31),
-    "hour": (0, 23),
-    "minute": (0, 59),
-    "second": (0, 60),
-}
-_ZONE_RANGES = {"zone_hour": (0, 23), "zone_minute": (0, 59)}
 
 
 def _time_sql() -> dict[str, str]:
@@ -190,9 +182,9 @@ def _time_sql() -> dict[str, str]:
         + ")",
     ]
     ranges = [
-        *(in_range(f"({fields[n]})", lo, hi) for n, (lo, hi) in _TIME_RANGES.items()),
+        *(in_range(f"({fields[n]})", *FIELD_RANGES[n]) for n in _TIME_DIGITS),
         "(p.zone_length = 1 OR "
-        + " AND ".join(in_range(f"({zone[n]})", lo, hi) for n, (lo, hi) in _ZONE_RANGES.items())
+        + " AND ".join(in_range(f"({zone[n]})", *FIELD_RANGES[n]) for n in _ZONE_DIGITS)
         + ")",
     ]
     return {
