@@ -5,15 +5,19 @@ rebuild gives every projection the very rows the runner gives it."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import itertools
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 import service.projections.rebuild as rebuild_module
-from service.projections.rebuild import Progress, facts_name, rebuild, shadow_name
+from service.projections.rebuild import Progress, _resumed, facts_name, rebuild, shadow_name
 from service.projections.runner import IDENTITIES, PROJECTIONS, Projector
 from service.projections.sql import fold_statement
 from service.settings import Settings
@@ -121,6 +125,39 @@ async def test_a_killed_rebuild_resumes_where_it_stopped(
         assert body == view_of_state(state)
 
 
+class _Chunk(NamedTuple):
+    lo: int
+    hi: int
+    events: int
+
+
+@given(
+    blocks=st.integers(0, 60),
+    cuts=st.lists(st.integers(0, 60), max_size=20),
+    kept=st.lists(st.booleans(), min_size=21, max_size=21),
+    batch=st.integers(1, 50),
+)
+def test_a_resumed_staging_stages_every_block_not_staged_exactly_once(
+    blocks: int, cuts: list[int], kept: list[bool], batch: int
+) -> None:
+    """Two workers finish chunks out of order, so a killed staging may have kept any of
+    them: what is left to stage, chunk by chunk, is every other block of the plan, once."""
+    bounds = sorted({0, blocks, *(c for c in cuts if c < blocks)})
+    chunks = [
+        _Chunk(lo, hi, hi - lo)
+        for (lo, hi), keep in zip(itertools.pairwise(bounds), kept, strict=False)
+        if keep
+    ]
+    staging = _resumed(horizon=9, filenode=1, blocks=blocks, batch=batch, staged=chunks)
+    assert staging.events == sum(c.events for c in chunks)
+    handed: list[int] = []
+    while (chunk := staging.take()) is not None:
+        assert chunk[0] < chunk[1]
+        handed.extend(range(*chunk))
+    staged = [b for c in chunks for b in range(c.lo, c.hi)]
+    assert sorted(handed + staged) == list(range(blocks))
+
+
 async def _tables(engine: AsyncEngine, tables: tuple[str, ...]) -> dict[str, list[Any]]:
     """Every row of `tables` (but its updated_at), in key order."""
     out: dict[str, list[Any]] = {}
@@ -208,4 +245,48 @@ async def test_a_rebuild_killed_while_folding_folds_again(
     # Everything was staged: the resumed rebuild only folds (again) and swaps.
     assert seen[0].resumed_from == total
     assert final.phase == "done" and final.done == total
+    assert await _tables(engine, IDENTITIES.tables) == built
+
+
+async def test_a_journal_rewritten_while_staging_is_staged_again(
+    client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
+) -> None:
+    """Chunks are ranges of the journal's heap blocks: a rewrite (here CLUSTER, which puts
+    every row in another place) makes the blocks staged so far mean other rows, so the
+    staging starts again from a new plan."""
+    await deliver(client, [e.notification() for e in paxos.universe.events])
+    await settle(engine, new_fetcher(engine, fetch_settings, paxos))
+    await Projector(engine).catch_up()
+    built = await _tables(engine, IDENTITIES.tables)
+    async with engine.connect() as conn:
+        total = await conn.scalar(text("SELECT count(*) FROM journal WHERE kind = 'event'"))
+        before = {
+            r.position: r.ctid
+            for r in await conn.execute(text("SELECT position, ctid FROM journal"))
+        }
+    seen: list[Progress] = []
+
+    async def rewrite_once(progress: Progress) -> None:
+        seen.append(progress)
+        if progress.phase == "building" and 0 < progress.done < total and not rewritten:
+            rewritten.append(len(seen))
+            async with engine.begin() as conn:
+                await conn.execute(text("CLUSTER journal USING uq_journal_event_id_kind"))
+
+    rewritten: list[int] = []
+
+    with capture_logs() as logs:
+        final = await rebuild(engine, IDENTITIES, batch=4, progress=rewrite_once)
+    async with engine.connect() as conn:
+        after = {
+            r.position: r.ctid
+            for r in await conn.execute(text("SELECT position, ctid FROM journal"))
+        }
+    moved = sum(before[p] != after[p] for p in before)
+    assert moved > len(before) // 2
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "the journal was rewritten during the rebuild; staging it again"
+    ]
+    # The staging went back to nothing, then read every row once.
+    assert any(p.done == 0 for p in seen[rewritten[0] :]) and final.done == total
     assert await _tables(engine, IDENTITIES.tables) == built

@@ -492,7 +492,7 @@ def create_facts_statements(name: str, facts: str, parts: int) -> list[TextClaus
     subject = _spec(name).subject
     return [
         text(
-            f"CREATE TEMPORARY TABLE {columns} AS SELECT j.xid, j.position, j.event_id, x.* "
+            f"CREATE TEMPORARY TABLE {columns} AS SELECT j.event_id, x.* "
             f"FROM journal j CROSS JOIN LATERAL ({_extract(_spec(name))}) x WITH NO DATA"
         ),
         text(f"CREATE TABLE {facts} (LIKE pg_temp.{columns}) PARTITION BY HASH ({subject})"),
@@ -507,19 +507,32 @@ def create_facts_statements(name: str, facts: str, parts: int) -> list[TextClaus
     ]
 
 
+# The journal `event` rows of a staging chunk: heap blocks `lo` to `hi` (excluded), read
+# straight from the heap (a TID range scan: no index, no other block), below the horizon.
+_CHUNK_ROWS = (
+    "j.ctid >= CAST(format('(%s,0)', CAST(:lo AS bigint)) AS tid) "
+    "AND j.ctid < CAST(format('(%s,0)', CAST(:hi AS bigint)) AS tid) "
+    "AND j.kind = 'event' AND j.xid < CAST(:horizon AS xid8)"
+)
+
+
 @lru_cache(maxsize=32)
 def stage_statement(name: str, facts: str) -> TextClause:
-    """Extracts the journal `event` rows after (`lo_xid`, `lo_position`) up to and including
-    (`hi_xid`, `hi_position`) into `facts` (gap-safety is the caller's: the range must lie
-    below a horizon every writer had passed)."""
+    """Extracts the journal `event` rows in heap blocks `lo` up to `hi` (excluded) with an
+    xid below `horizon` into `facts`; answers how many journal `event` rows that is (test
+    events and other projections' included) and the journal's `filenode`, read under the
+    statement's lock on it: the block range means the same rows only while that is the one
+    the caller planned with (VACUUM FULL or CLUSTER give the table a new one).
+
+    Gap-safety is the caller's: every transaction below the horizon must have ended."""
     return text(
-        f"INSERT INTO {facts} SELECT j.xid, j.position, j.event_id, x.* "
+        f"WITH staged AS (INSERT INTO {facts} SELECT j.event_id, x.* "
         f"FROM journal j CROSS JOIN LATERAL ({_extract(_spec(name))}) x "
-        "WHERE j.kind = 'event' "
+        f"WHERE {_CHUNK_ROWS} "
         "AND NOT EXISTS (SELECT 1 FROM events t "
-        "WHERE t.event_id = j.event_id AND t.is_test IS TRUE) "
-        "AND (j.xid, j.position) > (CAST(:lo_xid AS xid8), CAST(:lo_position AS bigint)) "
-        "AND (j.xid, j.position) <= (CAST(:hi_xid AS xid8), CAST(:hi_position AS bigint))"
+        "WHERE t.event_id = j.event_id AND t.is_test IS TRUE)) "
+        "SELECT count(*) AS events, CAST(pg_relation_filenode('journal') AS bigint) AS filenode "
+        f"FROM journal j WHERE {_CHUNK_ROWS}"
     )
 
 
