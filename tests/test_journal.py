@@ -67,3 +67,42 @@ async def test_rows_carry_their_transaction_id_for_gap_safe_reading(engine: Asyn
     assert len(xids) == 2 and xids[0] < xids[1]
     # Both committed, so both are below the visibility horizon a gap-safe reader uses.
     assert max(xids) < horizon
+
+
+async def test_a_full_event_is_kept_parsed_as_written_and_nothing_can_write_that_copy(
+    engine: AsyncEngine,
+) -> None:
+    """`doc` (what projections read) is computed by PostgreSQL from the body: the very text
+    for `event` rows, with jsonb's one refusal (\\u0000) replaced; nothing for notifications;
+    and no statement can set it, not even with the append-only trigger out of the way."""
+    body = '{"id": "e1", "type": "identity.approved", "object": {"nul": "a\\u0000b", "n": 1.50}}'
+    notified, fetched = uuid.uuid4(), uuid.uuid4()
+    async with engine.begin() as conn:
+        for event_id, kind in [(notified, "notification"), (fetched, "event")]:
+            await conn.execute(
+                text("INSERT INTO journal (event_id, kind, body) VALUES (:id, :kind, :body)"),
+                {"id": event_id, "kind": kind, "body": body},
+            )
+        docs = {
+            r.kind: r.doc
+            for r in await conn.execute(text("SELECT kind, doc::text AS doc FROM journal"))
+        }
+        bodies = {r[0] for r in await conn.execute(text("SELECT body::text FROM journal"))}
+    assert bodies == {body}
+    assert docs == {
+        "notification": None,
+        "event": '{"id": "e1", "type": "identity.approved", '
+        '"object": {"n": 1.50, "nul": "a\ufffdb"}}',
+    }
+    for statement, refusal in [
+        ("UPDATE journal SET doc = '{}'::jsonb", 'column "doc" can only be updated to DEFAULT'),
+        (
+            "INSERT INTO journal (event_id, kind, body, doc) VALUES (gen_random_uuid(), 'event', "
+            "'{}', '{\"forged\": true}')",
+            'cannot insert a non-DEFAULT value into column "doc"',
+        ),
+    ]:
+        with pytest.raises(DBAPIError, match=refusal):
+            async with engine.begin() as conn:
+                await conn.execute(text("SET LOCAL session_replication_role = replica"))
+                await conn.execute(text(statement))

@@ -8,7 +8,7 @@
    staged in chunks of about `batch` rows, read straight from the heap (a TID range scan,
    which costs a fifth less than the same rows found through an index), each chunk its own
    short transaction (a long one would hold back `pg_snapshot_xmin` and with it every
-   projection runner), on `WORKERS` connections at once: the parse is most of the work and
+   projection runner), on `WORKERS` connections at once: the extract is most of the work and
    the fold is order-independent. A chunk records itself in `<name>_rebuild_chunks` in its
    own transaction, so a killed rebuild keeps every chunk done and stages only the others.
    Blocks name the same rows only while the journal keeps its file: a chunk that finds

@@ -2,16 +2,17 @@
 
 Two pieces, each one SQL text, composed in two ways:
 
-- *extract*: per journal `event` row, parse the body once, keep real (not test) events of the
-  projection's kind whose time and subject can be read, and compute what the fold needs from
-  it: `created_at` in nanoseconds and a few narrow columns (the identity, the new status, ...);
+- *extract*: per journal `event` row, from its body as parsed when it was written (`doc`),
+  keep real (not test) events of the projection's kind whose time and subject can be read,
+  and compute what the fold needs from it: `created_at` in nanoseconds and a few narrow
+  columns (the identity, the new status, ...);
 - *fold*: from such rows, take the newest event per subject and field group
   (`ORDER BY subject, ns DESC, event_id DESC`) and upsert with "only if newer" guards.
 
 The runner applies a batch with one statement, extract then fold, that also moves the
 checkpoint, all in the caller's transaction (`apply_statement`). A rebuild runs the same two
 pieces apart (`stage_statement`, `fold_statement`): it extracts the whole journal into a
-staging table, in chunks on several connections at once (the parse is most of the work), then
+staging table, in chunks on several connections at once (the extract is most of the work), then
 folds the staging table into the empty shadow tables, one part of the subjects at a time on
 each connection, so each subject is upserted once instead of once per batch. A loop per event in
 Python would be two orders of magnitude slower (the rebuild benchmark needs 100,000
@@ -38,9 +39,8 @@ from service.projections.identity import (
     KYC_PREFIX,
 )
 
-# The extract, as a LATERAL over a journal row `j` (event_id, body). Each body is parsed once
-# (fenced with OFFSET 0, or the planner copies the cast into every use; a \u0000 escape, which
-# jsonb refuses, is replaced as the fetcher does for `detail`), and so is its object.
+# The extract, as a LATERAL over a journal row `j` (event_id, doc): the body comes parsed (the
+# journal's generated `doc`, computed once when the row was written).
 #
 # `created_at` becomes nanoseconds as `event.time_ns` computes them: the same checks as its
 # pattern (RFC 3339 with `T` or `t`, an optional fraction, `Z`, `z` or an offset) and ranges,
@@ -57,7 +57,7 @@ from service.projections.identity import (
 # Projections reflect real events only. Test events are dropped by the statements around the
 # extract, through the small partial index of test events (ix_events_test_event_id, hence
 # `is_test IS TRUE`, its predicate), read once per statement: inside the LATERAL the check
-# would be a lookup of the events row per event, which costs more than the parse.
+# would be a lookup of the events row per event, which costs more than the extract.
 _EXTRACT = """
     SELECT p.type, p.created_at,
            ((p.y / 400 * 146097 + p.y % 400 * 365 + p.y % 400 / 4 - p.y % 400 / 100
@@ -107,13 +107,8 @@ _EXTRACT = """
                             SELECT q.type, q.b, q.created_at,
                                    convert_to(q.created_at, 'UTF8') AS t
                             FROM (
-                                SELECT q.b, q.b ->> 'type' AS type,
-                                       q.b ->> 'created_at' AS created_at
-                                FROM (
-                                    SELECT CAST(replace(CAST(j.body AS text), '\\u0000',
-                                                        '\\ufffd') AS jsonb) AS b
-                                    OFFSET 0
-                                ) q
+                                SELECT j.doc AS b, j.doc ->> 'type' AS type,
+                                       j.doc ->> 'created_at' AS created_at
                                 OFFSET 0
                             ) q
                             WHERE q.type LIKE '{prefix}%'
@@ -208,7 +203,7 @@ _BATCH = """
 WITH raw AS MATERIALIZED (
     SELECT j.xid, j.position, j.event_id, x.*
     FROM (
-        SELECT j.xid, j.position, j.event_id, j.body,
+        SELECT j.xid, j.position, j.event_id, j.doc,
                -- A probe of the partial index per row read (a join could be planned as a
                -- loop over every test event per row).
                EXISTS (SELECT 1 FROM events t WHERE t.event_id = j.event_id AND t.is_test IS TRUE)

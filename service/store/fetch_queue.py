@@ -74,8 +74,9 @@ _CLAIM = text(
 # Every outcome of a batch in one statement, so that it commits on its own (the writer keeps
 # an autocommit connection: no BEGIN and COMMIT round trips per batch). The full event joins
 # the journal (once: ON CONFLICT DO NOTHING) and its events row becomes `fetched` together.
-# `detail` is jsonb for querying; the journal keeps the exact text. jsonb cannot hold
-# \u0000, so the derived copy replaces it (the journal does not). Retries and final failures
+# `detail` is jsonb for querying; the journal keeps the exact text (and its own parsed copy,
+# `doc`, computed by PostgreSQL). jsonb cannot hold \u0000, so the parsed copies replace it
+# (the journal's body does not). Retries and final failures
 # only touch rows still pending (a refetch or another worker may have moved them on).
 _OUTCOMES = text(
     """

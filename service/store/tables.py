@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     Identity,
     Index,
@@ -54,6 +55,11 @@ metadata = MetaData(
 )
 
 JOURNAL_KINDS = ("notification", "event")
+# The journal's `doc` (migration 0007 writes the same expression out).
+JOURNAL_DOC = (
+    "CASE WHEN kind = 'event' "
+    "THEN CAST(replace(CAST(body AS text), '\\u0000', '\\ufffd') AS jsonb) END"
+)
 EVENT_STATUSES = ("pending", "fetched", "failed", "not_found")
 EVENT_VIAS = ("webhook", "list_events")
 
@@ -72,6 +78,16 @@ journal = Table(
     # `json`, not `jsonb`: it keeps the bytes exactly as received (the evidence auditors
     # hash), and accepts \u0000 escapes that jsonb refuses.
     Column("body", JSON(none_as_null=True), nullable=False),
+    # A full event's body parsed, for the projections (a rebuild reads every one: parsing
+    # them was half its work). PostgreSQL computes it from `body` when the row is written and
+    # no statement can write it, so it says what the body says wherever `verify` finds the
+    # body intact. jsonb refuses \u0000, so it is replaced, as in `events.detail`.
+    Column(
+        "doc",
+        JSONB(none_as_null=True),
+        Computed(JOURNAL_DOC, persisted=True),
+        nullable=True,
+    ),
     # One row per fact learned; a second delivery or a second fetch adds nothing.
     UniqueConstraint("event_id", "kind"),
     CheckConstraint(f"kind IN {JOURNAL_KINDS!r}", name="kind"),
