@@ -35,6 +35,10 @@ RATE_LIMIT_WAITS = Counter(
     "paxos_rate_limit_waits_total",
     "Times a Paxos call waited because the deployment's rate limit was used up",
 )
+RATE_LIMIT_LATE = Counter(
+    "paxos_rate_limit_late_permits_total",
+    "Rate-limit permits dropped because their call could not leave on time",
+)
 MISSED_WEBHOOKS = Counter(
     "paxos_missed_webhooks_total",
     "Events found by List Events (reconciler, backfill) that no webhook had brought, by type",

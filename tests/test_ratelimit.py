@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import create_engine
@@ -78,3 +79,30 @@ async def test_limits_are_separate_by_name(engine: AsyncEngine) -> None:
     started = time.monotonic()
     await slow.acquire()
     assert time.monotonic() - started >= 0.8  # the second token request waits its second
+
+
+async def test_a_stalled_process_drops_the_permits_it_is_too_late_for(engine: AsyncEngine) -> None:
+    """A process that stalls (here its event loop is blocked for 0.4 s) finds the permits
+    booked for the stall in the past: used, they would all leave at once and, with the
+    calls after them, break the rate in that second. They are dropped instead."""
+    rate = 40.0
+    limiter = RateLimiter(engine, "paxos_api", rate)
+    dropped_before = REGISTRY.get_sample_value("paxos_rate_limit_late_permits_total") or 0.0
+    left: list[float] = []
+
+    async def caller(n: int) -> None:
+        for _ in range(n):
+            await limiter.acquire()
+            left.append(time.monotonic())  # when this call would leave for Paxos
+
+    async def stall() -> None:
+        await asyncio.sleep(0.5)
+        time.sleep(0.4)  # noqa: ASYNC251 (on purpose: a stalled loop, as a long synchronous step would)
+
+    await asyncio.gather(stall(), *(caller(10) for _ in range(8)))  # 80 calls
+    dropped = (REGISTRY.get_sample_value("paxos_rate_limit_late_permits_total") or 0.0) - (
+        dropped_before
+    )
+    assert len(left) == 80
+    assert dropped > 0
+    assert max_in_any_window(left) <= rate

@@ -26,6 +26,12 @@ from service import metrics
 # waits and asks again. Booking ahead is what lets one round trip serve several calls.
 HORIZON_S = 0.5
 SAFETY = 0.96
+# Spaced at SAFETY of the rate, calls that each leave at most 1 / SAFETY - 1 seconds (about
+# 42 ms) after their permit's start never put more than the rate in any one-second window.
+# A permit is used at most half that late (the other half is for the network): one found
+# later (a stalled event loop, a grant whose answer came back slowly) is dropped and another
+# taken, rather than used in a bunch with the permits after it.
+LATE_S = (1 / SAFETY - 1) / 2
 
 _TAKE = text(
     """
@@ -145,18 +151,31 @@ class RateLimiter:
 
         Callers of one process share bookings: whoever finds no booked slot books as many as
         there are callers waiting (one round trip), and the others take those slots in turn.
+        A permit whose start is more than LATE_S past when its caller gets to it is dropped.
         """
+        while True:
+            start = await self._take()
+            await sleep_until(start)
+            if time.monotonic() - start <= LATE_S:
+                return start
+            metrics.RATE_LIMIT_LATE.inc()
+
+    async def _take(self) -> float:
+        """The start of the next booked slot that is not already too late."""
         self._waiting += 1
         try:
             async with self._lock:
-                if not self._slots:
+                while True:
+                    late = time.monotonic() - LATE_S
+                    while self._slots and self._slots[0] < late:
+                        self._slots.popleft()
+                        metrics.RATE_LIMIT_LATE.inc()
+                    if self._slots:
+                        return self._slots.popleft()
                     grant = await self.grant(self._waiting)
                     self._slots.extend(grant.start_of(i) for i in range(grant.count))
-                start = self._slots.popleft()
         finally:
             self._waiting -= 1
-        await sleep_until(start)
-        return start
 
     async def pause(self, seconds: float) -> None:
         """Stop every process's calls for `seconds` (Paxos said 429)."""
