@@ -91,6 +91,19 @@ async def test_a_rebuild_is_invisible_to_readers_and_keeps_what_lands_meanwhile(
     assert indexes == {"pk_identities", "ix_identities_summary_status_identity_id"}
 
 
+async def _all_projected(
+    client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
+) -> int:
+    """Deliver, fetch and project every event of the universe; the journal's event rows."""
+    await deliver(client, [e.notification() for e in paxos.universe.events])
+    await settle(engine, new_fetcher(engine, fetch_settings, paxos))
+    await Projector(engine).catch_up()
+    async with engine.connect() as conn:
+        return int(
+            await conn.scalar(text("SELECT count(*) FROM journal WHERE kind = 'event'")) or 0
+        )
+
+
 class Killed(Exception):
     pass
 
@@ -98,11 +111,7 @@ class Killed(Exception):
 async def test_a_killed_rebuild_resumes_where_it_stopped(
     client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
 ) -> None:
-    await deliver(client, [e.notification() for e in paxos.universe.events])
-    await settle(engine, new_fetcher(engine, fetch_settings, paxos))
-    await Projector(engine).catch_up()
-    async with engine.connect() as conn:
-        total = await conn.scalar(text("SELECT count(*) FROM journal WHERE kind = 'event'"))
+    total = await _all_projected(client, engine, fetch_settings, paxos)
 
     async def die_halfway(progress: Progress) -> None:
         if progress.done >= total // 2:
@@ -214,12 +223,8 @@ async def test_a_rebuild_of_every_projection_equals_what_the_runner_built(
 async def test_a_rebuild_killed_while_folding_folds_again(
     client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
 ) -> None:
-    await deliver(client, [e.notification() for e in paxos.universe.events])
-    await settle(engine, new_fetcher(engine, fetch_settings, paxos))
-    await Projector(engine).catch_up()
+    total = await _all_projected(client, engine, fetch_settings, paxos)
     built = await _tables(engine, IDENTITIES.tables)
-    async with engine.connect() as conn:
-        total = await conn.scalar(text("SELECT count(*) FROM journal WHERE kind = 'event'"))
 
     async def die_when_folding(progress: Progress) -> None:
         if progress.phase == "folding":
@@ -254,12 +259,9 @@ async def test_a_journal_rewritten_while_staging_is_staged_again(
     """Chunks are ranges of the journal's heap blocks: a rewrite (here CLUSTER, which puts
     every row in another place) makes the blocks staged so far mean other rows, so the
     staging starts again from a new plan."""
-    await deliver(client, [e.notification() for e in paxos.universe.events])
-    await settle(engine, new_fetcher(engine, fetch_settings, paxos))
-    await Projector(engine).catch_up()
+    total = await _all_projected(client, engine, fetch_settings, paxos)
     built = await _tables(engine, IDENTITIES.tables)
     async with engine.connect() as conn:
-        total = await conn.scalar(text("SELECT count(*) FROM journal WHERE kind = 'event'"))
         before = {
             r.position: r.ctid
             for r in await conn.execute(text("SELECT position, ctid FROM journal"))
