@@ -61,6 +61,9 @@ JOURNAL_DOC = (
     "THEN CAST(replace(CAST(body AS text), '\\u0000', '\\ufffd') AS jsonb) END"
 )
 EVENT_STATUSES = ("pending", "fetched", "failed", "not_found")
+# Which events are a transfer's, and by what (migration 0008 writes both out).
+TRANSFER_EVENTS = "starts_with(type, 'transfer.')"
+TRANSFER_OBJECT_ID = "((detail -> 'object'::text) ->> 'id'::text)"
 EVENT_VIAS = ("webhook", "list_events")
 
 journal = Table(
@@ -170,6 +173,15 @@ Index(
     events.c.time,
     events.c.event_id,
     postgresql_where=events.c.identity_id.isnot(None),
+)
+# A transfer's events, newest first (the console's transfer page): they are found by the id
+# inside the full event, which nothing else indexes. Partial: transfer events only.
+Index(
+    "ix_events_transfer_object_id_time_event_id",
+    text(TRANSFER_OBJECT_ID),
+    events.c.time,
+    events.c.event_id,
+    postgresql_where=text(TRANSFER_EVENTS),
 )
 # The fetch queue's claim scans only what is due.
 Index(

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.api.schemas import Event
 from service.store.events import EVENT_COLUMNS
-from service.store.tables import EVENT_STATUSES
+from service.store.tables import EVENT_STATUSES, TRANSFER_EVENTS, TRANSFER_OBJECT_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +115,16 @@ _EVENT_SELECT = ", ".join(
 )
 
 
-async def transfer_events(conn: AsyncConnection, transfer_id: str, limit: int = 100) -> list[Event]:
-    """The newest events about one transfer (its object's id), newest first.
+# A transfer's events, newest first, through their index (found by the id inside the full
+# event, for transfer events only: the same expressions as the index's).
+TRANSFER_EVENTS_SQL = (
+    f"SELECT {_EVENT_SELECT} FROM events "
+    f"WHERE {TRANSFER_EVENTS} AND {TRANSFER_OBJECT_ID} = :id "
+    'ORDER BY "time" DESC, event_id DESC LIMIT :limit'
+)
 
-    No index leads to a transfer's events (the events table indexes identities, not object
-    ids), so this reads the transfer events in time order until it has `limit` of them: fine
-    for a person opening one transfer, not for a script listing many.
-    """
-    rows = await conn.execute(
-        text(
-            f"SELECT {_EVENT_SELECT} FROM events "
-            "WHERE starts_with(type, 'transfer.') AND detail -> 'object' ->> 'id' = :id "
-            'ORDER BY "time" DESC, event_id DESC LIMIT :limit'
-        ),
-        {"id": transfer_id, "limit": limit},
-    )
+
+async def transfer_events(conn: AsyncConnection, transfer_id: str, limit: int = 100) -> list[Event]:
+    """The newest events about one transfer (its object's id), newest first."""
+    rows = await conn.execute(text(TRANSFER_EVENTS_SQL), {"id": transfer_id, "limit": limit})
     return [Event(*tuple(r)) for r in rows]

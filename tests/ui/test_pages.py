@@ -9,16 +9,18 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
 from service.settings import Settings
 from service.store.tables import events, jobs
+from service.ui import queries
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, running
 from tests.factories import notification
 from tests.fetching import deliver
@@ -357,6 +359,51 @@ async def test_an_identity_page_shows_its_state_and_timeline(
         assert body["id"] in page.text and "Not projected" in page.text
         missing = await reader.get("/ui/identities/nobody")
         assert missing.status_code == 404 and "No identity with id nobody" in missing.text
+
+
+async def test_a_transfers_timeline_reads_its_own_events_only(engine: AsyncEngine) -> None:
+    """A transfer's events are found by the id inside the full event: through their index,
+    the page reads the transfer's few events, not every transfer event (here 2,000 others,
+    newer than ours)."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def transfer_event(transfer_id: str, second: int) -> dict[str, object]:
+        return {
+            "event_id": uuid.uuid4(),
+            "type": "transfer.crypto_deposit.completed",
+            "source": "com.paxos",
+            "time": start + timedelta(seconds=second),
+            "object": "event",
+            "is_test": False,
+            "status": "fetched",
+            "detail": {"object": {"id": transfer_id}},
+        }
+
+    ours = [transfer_event("tr-ours", s) for s in (5, 1, 9)]
+    others = [transfer_event(f"tr-{i % 400}", 100 + i) for i in range(2000)]
+    async with engine.begin() as conn:
+        await conn.execute(insert(events), [*ours, *others])
+        await conn.execute(text("ANALYZE events"))
+    async with engine.connect() as conn:
+        timeline = await queries.transfer_events(conn, "tr-ours")
+        plan = await conn.scalar(
+            text("EXPLAIN (ANALYZE, FORMAT JSON) " + queries.TRANSFER_EVENTS_SQL),
+            {"id": "tr-ours", "limit": 100},
+        )
+    newest_first = sorted(ours, key=lambda e: e["time"], reverse=True)  # type: ignore[arg-type, return-value]
+    assert [e.id for e in timeline] == [e["event_id"] for e in newest_first]
+    nodes = _plan_nodes(plan[0]["Plan"])
+    # The transfer's index alone finds the rows (an index scan or a bitmap of it), and the
+    # scan of events returns the 3 rows without reading others to throw away.
+    assert {n["Index Name"] for n in nodes if "Index Name" in n} == {
+        "ix_events_transfer_object_id_time_event_id"
+    }
+    scans = [n for n in nodes if n.get("Relation Name") == "events"]
+    assert [(n["Actual Rows"], n.get("Rows Removed by Filter", 0)) for n in scans] == [(3, 0)]
+
+
+def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(m for child in node.get("Plans", []) for m in _plan_nodes(child))]
 
 
 async def test_a_rebuild_started_from_the_console_is_a_job_with_a_page(app: object) -> None:

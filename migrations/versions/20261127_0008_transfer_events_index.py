@@ -1,0 +1,36 @@
+"""An index to a transfer's events (by the id inside the full event), for its timeline.
+
+Built CONCURRENTLY: the intake and the fetcher go on writing events meanwhile.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-27
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0008"
+down_revision: str | None = "0007"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# Written out rather than imported (service/store/tables.py holds the same; a test checks).
+_INDEX = "ix_events_transfer_object_id_time_event_id"
+
+
+def upgrade() -> None:
+    with op.get_context().autocommit_block():
+        # A build that was interrupted leaves an invalid index of this name behind.
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_INDEX}")
+        op.execute(
+            f"CREATE INDEX CONCURRENTLY {_INDEX} ON events "
+            "((detail -> 'object' ->> 'id'), time, event_id) "
+            "WHERE starts_with(type, 'transfer.')"
+        )
+
+
+def downgrade() -> None:
+    with op.get_context().autocommit_block():
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_INDEX}")
