@@ -122,6 +122,7 @@ async def test_export_by_identity_and_as_csv(
     assert json.loads(rows[-1]["trailer"])["events"] == 2
 
 
+@pytest.mark.server_independent  # refused before any SQL runs
 @pytest.mark.parametrize(
     ("params", "parameter"),
     [

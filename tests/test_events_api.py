@@ -313,6 +313,7 @@ def _forged(version: int = 1) -> str:
     return base64.urlsafe_b64encode(body + b"\0" * 8).decode().rstrip("=")
 
 
+@pytest.mark.server_independent  # refused before any SQL runs
 @pytest.mark.parametrize(
     ("params", "parameter", "mentions"),
     [
@@ -374,6 +375,7 @@ async def _a_cursor(client: httpx.AsyncClient, engine: AsyncEngine, params: Para
     return cursor
 
 
+@pytest.mark.server_independent  # refused before any SQL runs
 @pytest.mark.parametrize(
     "other",
     [

@@ -309,6 +309,7 @@ async def test_backfill_by_api_runs_as_a_job_with_progress(
     assert missing_pass.status_code == 404
 
 
+@pytest.mark.server_independent  # refused before any SQL runs
 @pytest.mark.parametrize(
     ("body", "status", "mentions"),
     [

@@ -107,6 +107,7 @@ async def test_unknown_fields_are_kept_in_the_journal(
     assert stored["extra"] == {"nested": [1, 2]}
 
 
+@pytest.mark.server_independent  # refused before any SQL runs
 @pytest.mark.parametrize(
     ("body", "status", "mentions"),
     [
@@ -138,6 +139,7 @@ async def test_bad_bodies_get_a_precise_problem(
         assert await conn.scalar(select(func.count()).select_from(events)) == 0
 
 
+@pytest.mark.server_independent  # refused before any SQL runs
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
 async def test_non_json_content_type_is_415(
     client: httpx.AsyncClient, content_type: str | None
@@ -178,6 +180,7 @@ async def test_body_over_the_limit_is_refused_without_reading_it(client: httpx.A
     assert sent < 200_000
 
 
+@pytest.mark.server_independent  # refused before any SQL runs
 @pytest.mark.parametrize(
     "headers",
     [

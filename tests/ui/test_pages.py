@@ -77,6 +77,7 @@ async def status_of(engine: AsyncEngine, event_id: uuid.UUID) -> str:
         return str(await conn.scalar(select(events.c.status).where(events.c.event_id == event_id)))
 
 
+@pytest.mark.server_independent  # sessions, cookies and HTML: the same on any server
 async def test_pages_send_a_visitor_without_a_session_to_sign_in(app: object) -> None:
     async with browser(app) as client:
         response = await client.get("/ui/events?status=failed")
@@ -88,6 +89,7 @@ async def test_pages_send_a_visitor_without_a_session_to_sign_in(app: object) ->
         assert polled.headers["hx-redirect"].startswith("/ui/login")
 
 
+@pytest.mark.server_independent  # sessions, cookies and HTML: the same on any server
 async def test_sign_in_sets_a_strict_http_only_cookie_that_does_not_hold_the_token(
     app: object,
 ) -> None:
@@ -109,6 +111,7 @@ async def test_sign_in_sets_a_strict_http_only_cookie_that_does_not_hold_the_tok
         assert "admin" in page.text
 
 
+@pytest.mark.server_independent  # sessions, cookies and HTML: the same on any server
 async def test_the_session_cookie_is_secure_over_https(app: object) -> None:
     async with browser(app, "https://testserver") as client:
         response = await sign_in(client, READ_TOKEN)
@@ -119,6 +122,7 @@ async def test_the_session_cookie_is_secure_over_https(app: object) -> None:
         assert "secure" in {part.strip().lower() for part in cookie.split(";")[1:]}
 
 
+@pytest.mark.server_independent  # sessions, cookies and HTML: the same on any server
 async def test_a_wrong_token_is_refused_and_opens_no_session(app: object) -> None:
     async with browser(app) as client:
         response = await sign_in(client, "not-a-token")
@@ -131,6 +135,7 @@ async def test_a_wrong_token_is_refused_and_opens_no_session(app: object) -> Non
         assert (await client.get("/ui/events")).status_code == 303
 
 
+@pytest.mark.server_independent  # sessions, cookies and HTML: the same on any server
 async def test_sign_in_without_the_forms_csrf_token_is_refused(app: object) -> None:
     async with browser(app) as client:
         # A form posted from another site: it has no pes_login_csrf cookie to match.
@@ -317,6 +322,7 @@ async def test_event_text_is_escaped(app: object, client: httpx.AsyncClient) -> 
             assert "<script>alert" not in page.text
 
 
+@pytest.mark.server_independent  # sessions, cookies and HTML: the same on any server
 async def test_pages_load_nothing_from_elsewhere(app: object) -> None:
     async with browser(app) as reader:
         await sign_in(reader, READ_TOKEN)
@@ -329,6 +335,7 @@ async def test_pages_load_nothing_from_elsewhere(app: object) -> None:
         assert htmx.status_code == 200 and "htmx" in htmx.text[:200]
 
 
+@pytest.mark.server_independent  # sessions, cookies and HTML: the same on any server
 async def test_removing_a_token_ends_the_sessions_opened_with_it(
     app: object, settings: Settings, engine: AsyncEngine
 ) -> None:
@@ -458,6 +465,7 @@ async def test_a_backfill_started_from_the_console_is_a_job(
     ]
 
 
+@pytest.mark.server_independent  # sessions, cookies and HTML: the same on any server
 async def test_signing_out_ends_the_session(app: object) -> None:
     async with browser(app) as reader:
         await sign_in(reader, READ_TOKEN)
