@@ -8,8 +8,9 @@ What it measures, in the same run on the same rows:
 - a plain sequential read: every journal `event` row (`position`, `event_id`, `body`) in the
   projector's (xid, position) order, through asyncpg to Python, on one connection;
 - `service.projections.rebuild.rebuild(engine, IDENTITIES)`, start to end: every journal row
-  parsed and staged (on `rebuild.WORKERS` connections), folded into the shadow tables,
-  secondary indexes built, and the swap.
+  extracted from its parsed copy (`doc`, written with the row) and staged (on
+  `rebuild.WORKERS` connections), folded into the shadow tables, secondary indexes built, and
+  the swap.
 
 It reports the rebuild's events/s and its time over the read's. Targets: >= 100,000 events/s
 and <= 3x the sequential read. The journal is 1,000,000 identity events, ten per identity,
@@ -17,7 +18,8 @@ interleaved in time as they would arrive (an identity's events are spread over t
 journal, the worst case for batched upserts): documents required, status changes, KYC
 refreshes, controls created and deleted. Results go to stdout and bench/results/rebuild.json.
 The database is the embedded server under .data/bench unless BENCH_DATABASE_URL names another;
-a database `bench_rebuild` is created on it (and kept, for `--reuse`).
+a database `bench_rebuild` is created on it (and kept, for `--reuse`, which migrates it to
+head first).
 """
 
 from __future__ import annotations
@@ -124,8 +126,8 @@ async def main(reuse: bool, server: str) -> None:
     url = with_database(server, DATABASE)
     engine = create_engine(url, pool_size=2)
     try:
+        await upgrade(engine)  # a kept database may predate a migration
         if not exists:
-            await upgrade(engine)
             print(f"loading {EVENTS:,} journal events over {IDENTITIES_N:,} identities ...")
             await load(url)
         load_before = os.getloadavg()[0]
