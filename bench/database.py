@@ -38,10 +38,22 @@ async def drop(admin_url: str, name: str) -> None:
 
 async def recreate(admin_url: str, name: str) -> str:
     """Drop and create database `name`, migrate it to head; its URL."""
-    await drop(admin_url, name)
+    url, _ = await kept_or_recreated(admin_url, name, reuse=False)
+    return url
+
+
+async def kept_or_recreated(admin_url: str, name: str, reuse: bool) -> tuple[str, bool]:
+    """Database `name`: kept as a last run left it when `reuse` and it exists, else created
+    anew; migrated to head either way (a kept one may predate a migration). Its URL, and
+    whether it was kept (so holds a last run's data)."""
     conn = await _admin(admin_url)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        kept = reuse and bool(
+            await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        )
+        if not kept:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
     url = with_database(admin_url, name)
@@ -50,4 +62,4 @@ async def recreate(admin_url: str, name: str) -> str:
         await upgrade(engine)
     finally:
         await engine.dispose()
-    return url
+    return url, kept

@@ -32,11 +32,10 @@ from typing import Any
 
 import asyncpg
 
-from bench.database import server_url
+from bench.database import kept_or_recreated, server_url
 from service.audit.seals import seal_pending
 from service.audit.verify import verify
-from service.db import create_engine, plain_url, with_database
-from service.migrations import upgrade
+from service.db import create_engine, plain_url
 
 EVENTS = 1_000_000
 CHUNK = 100_000
@@ -129,21 +128,11 @@ def run_export(url: str) -> dict[str, Any]:
 
 
 async def main(reuse: bool, server: str) -> None:
-    admin = await asyncpg.connect(plain_url(server))
-    try:
-        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
-        if not (reuse and exists):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-            await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-            exists = False
-    finally:
-        await admin.close()
-    url = with_database(server, DATABASE)
+    url, exists = await kept_or_recreated(server, DATABASE, reuse)
     engine = create_engine(url, pool_size=2)
     seal_s = None
     try:
         if not exists:
-            await upgrade(engine)
             print(f"loading {EVENTS:,} events ({2 * EVENTS:,} journal rows) ...", flush=True)
             await load(url)
             started = time.perf_counter()

@@ -35,9 +35,8 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.database import server_url
-from service.db import create_engine, plain_url, with_database
-from service.migrations import upgrade
+from bench.database import kept_or_recreated, server_url
+from service.db import create_engine, plain_url
 from service.projections.rebuild import rebuild
 from service.projections.runner import IDENTITIES
 
@@ -114,19 +113,9 @@ async def sequential_read(url: str) -> tuple[int, float]:
 
 
 async def main(reuse: bool, server: str) -> None:
-    admin = await asyncpg.connect(plain_url(server))
-    try:
-        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
-        if not (reuse and exists):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-            await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-            exists = False
-    finally:
-        await admin.close()
-    url = with_database(server, DATABASE)
+    url, exists = await kept_or_recreated(server, DATABASE, reuse)
     engine = create_engine(url, pool_size=2)
     try:
-        await upgrade(engine)  # a kept database may predate a migration
         if not exists:
             print(f"loading {EVENTS:,} journal events over {IDENTITIES_N:,} identities ...")
             await load(url)
