@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.migrations import alembic_config, current_revision, downgrade, head_revision, upgrade
+from service.store.tables import JOURNAL_DOC
 
 
 async def tables(engine: AsyncEngine) -> set[str]:
@@ -47,3 +48,23 @@ async def test_models_and_migrations_agree(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         differences = await conn.run_sync(check)
     assert differences is None
+
+
+async def test_the_journals_doc_is_computed_as_the_model_says(engine: AsyncEngine) -> None:
+    """Alembic does not compare generated columns' expressions: PostgreSQL's own rendering
+    of the migrated column and of the model's expression must be the same."""
+    generated = (
+        "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a "
+        "ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+        "WHERE d.adrelid = CAST(:t AS regclass) AND a.attname = 'doc' AND a.attgenerated = 's'"
+    )
+    async with engine.begin() as conn:
+        migrated = await conn.scalar(text(generated), {"t": "journal"})
+        await conn.execute(
+            text(
+                "CREATE TEMPORARY TABLE model_journal (kind text, body json, "
+                f"doc jsonb GENERATED ALWAYS AS ({JOURNAL_DOC}) STORED)"
+            )
+        )
+        modelled = await conn.scalar(text(generated), {"t": "model_journal"})
+    assert migrated is not None and migrated == modelled

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.notify import PENDING_CHANNEL
+from service.store.tables import as_jsonb
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ _OUTCOMES = text(
     fetched AS (
         UPDATE events e SET
             status = 'fetched',
-            detail = CAST(replace(i.raw, '\\u0000', '\\ufffd') AS jsonb),
+            detail = {detail},
             identity_id = i.identity_id,
             object_type = i.object_type,
             undelivered_webhooks = i.undelivered_webhooks,
@@ -124,7 +125,7 @@ _OUTCOMES = text(
         CAST(:final_ids AS uuid[]), CAST(:statuses AS text[]), CAST(:final_errors AS text[])
     ) AS i(event_id, status, error)
     WHERE e.event_id = i.event_id AND e.status = 'pending'
-    """
+    """.replace("{detail}", as_jsonb("i.raw"))
 )
 
 _MAKE_DUE = text(

@@ -10,6 +10,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.store.tables import as_jsonb
+
 
 @dataclass(frozen=True, slots=True)
 class Listed:
@@ -50,7 +52,7 @@ _RECORD = text(
         )
         SELECT event_id, type, 'com.paxos', time, 'event', is_test, 'fetched', 'list_events', 0,
                clock_timestamp(), identity_id, object_type, undelivered_webhooks,
-               CAST(replace(raw, '\\u0000', '\\ufffd') AS jsonb), NULL
+               {detail}, NULL
         FROM input ORDER BY event_id
         ON CONFLICT (event_id) DO UPDATE SET
             status = 'fetched',
@@ -73,7 +75,7 @@ _RECORD = text(
         ON CONFLICT (event_id, kind) DO NOTHING
     )
     SELECT event_id, inserted FROM upserted
-    """
+    """.replace("{detail}", as_jsonb("raw"))
 )
 
 

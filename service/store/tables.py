@@ -55,11 +55,17 @@ metadata = MetaData(
 )
 
 JOURNAL_KINDS = ("notification", "event")
+
+
+def as_jsonb(json_text: str) -> str:
+    """SQL for the JSON text `json_text` (an SQL expression) as jsonb: the parsed copies the
+    service queries (the journal's `doc`, `events.detail`). jsonb refuses \\u0000 escapes,
+    which the text Paxos sent may hold, so they are replaced (the journal's body keeps them)."""
+    return f"CAST(replace(CAST({json_text} AS text), '\\u0000', '\\ufffd') AS jsonb)"
+
+
 # The journal's `doc` (migration 0007 writes the same expression out).
-JOURNAL_DOC = (
-    "CASE WHEN kind = 'event' "
-    "THEN CAST(replace(CAST(body AS text), '\\u0000', '\\ufffd') AS jsonb) END"
-)
+JOURNAL_DOC = f"CASE WHEN kind = 'event' THEN {as_jsonb('body')} END"
 EVENT_STATUSES = ("pending", "fetched", "failed", "not_found")
 # Which events are a transfer's, and by what (migration 0008 writes both out).
 TRANSFER_EVENTS = "starts_with(type, 'transfer.')"
