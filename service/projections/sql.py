@@ -520,6 +520,9 @@ def stage_statement(name: str, facts: str) -> TextClause:
     the caller planned with (VACUUM FULL or CLUSTER give the table a new one).
 
     Gap-safety is the caller's: every transaction below the horizon must have ended."""
+    # The count reads the chunk's blocks a second time, without their bodies: about 25 ms
+    # per 100,000 rows against some 850 ms to stage them, and simpler than counting the rows
+    # the INSERT leaves out (other projections' events, test events).
     return text(
         f"WITH staged AS (INSERT INTO {facts} SELECT j.event_id, x.* "
         f"FROM journal j CROSS JOIN LATERAL ({_extract(_spec(name))}) x "
