@@ -33,7 +33,7 @@ from bench import database
 from bench.database import server_url
 from bench.fetch import CLI, SIM_CLIENT_ID, SIM_CLIENT_SECRET, UNTIL, start_simulator
 from bench.ingest import Row, machine, server_env, table, verdict, wait_until_up
-from service.db import plain_url, with_database
+from service.db.engine import plain_url, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "backfill.json"

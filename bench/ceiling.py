@@ -22,14 +22,14 @@ import uvicorn
 from litestar import Litestar
 from litestar.datastructures import State
 
-from service.api.problems import EXCEPTION_HANDLERS
-from service.events.notification import Notification
-from service.logs import configure
-from service.serving import server_config
+from service.domain.notification import Notification
+from service.intake.auth import ApiKeyAuthenticator
+from service.intake.controller import webhook_handler
 from service.settings import Settings
-from service.throttle import FailureThrottle, throttle_middleware
-from service.webhooks.auth import ApiKeyAuthenticator
-from service.webhooks.controller import webhook_handler
+from service.telemetry.logs import configure
+from service.web.problems import EXCEPTION_HANDLERS
+from service.web.serving import server_config
+from service.web.throttle import FailureThrottle, throttle_middleware
 
 
 class NullCommitter:

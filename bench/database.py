@@ -7,8 +7,8 @@ from pathlib import Path
 
 import asyncpg
 
-from service.db import create_engine, plain_url, start_embedded_postgres, with_database
-from service.migrations import upgrade
+from service.db.engine import create_engine, plain_url, start_embedded_postgres, with_database
+from service.db.migrations import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 

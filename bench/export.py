@@ -35,7 +35,7 @@ import asyncpg
 from bench.database import kept_or_recreated, server_url
 from service.audit.seals import seal_pending
 from service.audit.verify import verify
-from service.db import create_engine, plain_url
+from service.db.engine import create_engine, plain_url
 
 EVENTS = 1_000_000
 CHUNK = 100_000

@@ -100,10 +100,10 @@ from bench.ingest import (
     verdict,
     wait_until_up,
 )
-from service.db import create_engine, plain_url, with_database
-from service.events.notification import decode_notification
+from service.db.engine import create_engine, plain_url, with_database
+from service.domain.notification import decode_notification
 from service.paxos import ratelimit
-from service.paxos.simulate_cli import build_universe
+from service.simulator.commands import build_universe
 from service.store.intake import Received, record_notifications
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -65,7 +65,7 @@ import httpx
 
 from bench import database
 from bench.database import server_url
-from service.db import plain_url, with_database
+from service.db.engine import plain_url, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_DIR = ROOT / "bench" / "wrk"

@@ -55,8 +55,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bench import database
 from bench.database import server_url
-from service.db import create_engine, plain_url, with_database
-from service.paxos.universe import TRANSFER_KINDS
+from service.db.engine import create_engine, plain_url, with_database
+from service.simulator.universe import TRANSFER_KINDS
 from service.store.events import EventFilter, Position, list_events
 
 ROOT = Path(__file__).resolve().parent.parent

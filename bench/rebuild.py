@@ -36,7 +36,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.database import kept_or_recreated, server_url
-from service.db import create_engine, plain_url
+from service.db.engine import create_engine, plain_url
 from service.projections.rebuild import rebuild
 from service.projections.runner import IDENTITIES
 

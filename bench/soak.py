@@ -51,8 +51,8 @@ from bench.ingest import (
     verdict,
     wait_until_up,
 )
-from service.db import plain_url
-from service.paxos.simulate_cli import build_universe
+from service.db.engine import plain_url
+from service.simulator.commands import build_universe
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "soak.json"

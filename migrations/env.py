@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import create_engine
+from service.db.engine import create_engine
 from service.store.tables import metadata
 
 config = context.config
@@ -44,7 +44,7 @@ async def _run_async(url: str) -> None:
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        # Called from inside a running event loop (service.migrations): reuse its connection.
+        # Called from inside a running event loop (service.db.migrations): reuse its connection.
         _run(connection)
         return
     url = config.get_main_option("sqlalchemy.url")

@@ -17,8 +17,6 @@ from service.api.audit import AuditController
 from service.api.events import EventController
 from service.api.health import HealthController
 from service.api.metrics import MetricsController
-from service.api.openapi import document_responses, security_components
-from service.api.problems import EXCEPTION_HANDLERS
 from service.api.projections import (
     IdentityController,
     OrchestrationController,
@@ -27,16 +25,18 @@ from service.api.projections import (
 )
 from service.api.reconciliation import ReconciliationController
 from service.background import running_background
-from service.db import create_engine
-from service.http import new_http_client
+from service.db.engine import create_engine
+from service.intake.auth import ApiKeyAuthenticator, Authenticator, OpenAuthenticator
+from service.intake.committer import GroupCommitter
+from service.intake.controller import webhook_handler
+from service.intake.oauth import OAuthTokenController
 from service.settings import Settings, WebhookAuth
-from service.throttle import FailureThrottle, throttle_middleware
 from service.ui.controller import console_handlers
 from service.ui.controller import template_config as console_template_config
-from service.webhooks.auth import ApiKeyAuthenticator, Authenticator, OpenAuthenticator
-from service.webhooks.committer import GroupCommitter
-from service.webhooks.controller import webhook_handler
-from service.webhooks.oauth import OAuthTokenController
+from service.web.client import new_http_client
+from service.web.openapi import document_responses, security_components
+from service.web.problems import EXCEPTION_HANDLERS
+from service.web.throttle import FailureThrottle, throttle_middleware
 
 
 def create_app(
@@ -119,7 +119,7 @@ def create_app(
             )
         ],
         debug=False,
-        # Logging is configured once by the CLI (service.logs), not by the framework.
+        # Logging is configured once by the CLI (service.telemetry.logs), not by the framework.
         logging_config=None,
     )
     document_responses(app, settings)
@@ -134,11 +134,11 @@ async def build_authenticator(
         case WebhookAuth.API_KEY:
             return ApiKeyAuthenticator(settings.webhook_api_key_header, settings.webhook_api_keys)
         case WebhookAuth.OAUTH:
-            from service.webhooks.oauth import OAuthTokenAuthenticator, load_signing_key
+            from service.intake.oauth import OAuthTokenAuthenticator, load_signing_key
 
             return OAuthTokenAuthenticator(await load_signing_key(engine))
         case WebhookAuth.JWT:
-            from service.webhooks.jwt import JwtAuthenticator
+            from service.intake.jwt import JwtAuthenticator
 
             return JwtAuthenticator(
                 jwks_url=settings.webhook_jwt_jwks_url or "",

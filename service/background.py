@@ -17,14 +17,14 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit.seals import Sealer
-from service.fetcher import Fetcher, RetryPolicy
-from service.jobs import JOBS_CHANNEL, Handler, JobRunner
-from service.notify import FETCHED_CHANNEL, PENDING_CHANNEL, listen
+from service.db.notify import FETCHED_CHANNEL, PENDING_CHANNEL, listen
+from service.fetching.fetcher import Fetcher, RetryPolicy
+from service.jobs.runner import JOBS_CHANNEL, Handler, JobRunner
 from service.paxos.client import PaxosClient, TokenProvider
 from service.paxos.ratelimit import RateLimiter
 from service.projections.jobs import rebuild_job
 from service.projections.runner import Projector
-from service.reconcile import Reconciler, backfill_job
+from service.reconciling.reconciler import Reconciler, backfill_job
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)

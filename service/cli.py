@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import click
 import structlog
 
-from service.runtime import run as run_async
+from service.db.runtime import run as run_async
 from service.settings import Settings, SettingsError, WebhookAuth
 
 log = structlog.get_logger(__name__)
@@ -39,7 +39,7 @@ def load_settings(*, demo: bool | None = False, check: bool = True) -> Settings:
             settings.check(demo=demo)
     except SettingsError as exc:
         _fail(f"configuration error: {exc}")
-    from service.logs import configure
+    from service.telemetry.logs import configure
 
     configure(settings.log_level, settings.log_format)
     return settings
@@ -61,7 +61,7 @@ def database_url(settings: Settings) -> str:
     """DATABASE_URL, or the embedded server's (started if needed) when it is unset."""
     if settings.database_url:
         return settings.database_url
-    from service.db import start_embedded_postgres
+    from service.db.engine import start_embedded_postgres
 
     return start_embedded_postgres(settings.data_dir)
 
@@ -90,9 +90,9 @@ def serve(demo: bool, no_background: bool) -> None:
     import uvicorn
 
     from service.app import create_app
-    from service.db import create_engine
-    from service.migrations import upgrade
-    from service.serving import server_config as guarded_server_config
+    from service.db.engine import create_engine
+    from service.db.migrations import upgrade
+    from service.web.serving import server_config as guarded_server_config
 
     settings = load_settings(demo=True if demo else None)
     demo = demo or not settings.has_paxos_credentials
@@ -110,11 +110,11 @@ def serve(demo: bool, no_background: bool) -> None:
     settings = settings.replace(database_url=url)
 
     def server_config(settings: Settings) -> uvicorn.Config:
-        # Timeouts and size limits against hostile clients: service.serving.
+        # Timeouts and size limits against hostile clients: service.web.serving.
         return guarded_server_config(create_app(settings, background=not no_background), settings)
 
     if demo:
-        from service.demo import serve_demo
+        from service.simulator.demo import serve_demo
 
         _print_demo_banner(settings)
         run_async(serve_demo(settings, server_config))
@@ -159,8 +159,8 @@ def worker() -> None:
     import signal
 
     from service.background import running_background
-    from service.db import create_engine
-    from service.http import new_http_client
+    from service.db.engine import create_engine
+    from service.web.client import new_http_client
 
     settings = load_settings(check=False)
     if not settings.has_paxos_credentials:
@@ -239,7 +239,7 @@ def backfill(
 
 def _make_pending_due() -> None:
 
-    from service.db import create_engine
+    from service.db.engine import create_engine
     from service.store.fetch_queue import make_due
 
     settings = load_settings(check=False)
@@ -263,9 +263,8 @@ def _backfill_window(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from service.background import build_paxos_client
-    from service.db import create_engine
-    from service.http import new_http_client
-    from service.reconcile import (
+    from service.db.engine import create_engine
+    from service.reconciling.reconciler import (
         PassState,
         Window,
         load_pass,
@@ -273,6 +272,7 @@ def _backfill_window(
         start_pass,
         unfinished_pass,
     )
+    from service.web.client import new_http_client
 
     settings = load_settings(check=False)
     if not settings.has_paxos_credentials:
@@ -342,7 +342,7 @@ def rebuild(name: str) -> None:
     without stopping reads; a rebuild that was killed resumes where it stopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from service.db import create_engine
+    from service.db.engine import create_engine
     from service.projections.rebuild import Progress as RebuildProgress
     from service.projections.rebuild import RebuildBusy
     from service.projections.rebuild import rebuild as rebuild_projection
@@ -402,7 +402,7 @@ def verify(show_head: bool, expect_head: str | None, as_json: bool) -> None:
     from service.audit.seals import head
     from service.audit.verify import problem_lines
     from service.audit.verify import verify as verify_chain
-    from service.db import create_engine
+    from service.db.engine import create_engine
 
     settings = load_settings(check=False)
     url = database_url(settings)
@@ -458,7 +458,7 @@ def export(
     """Export events with their evidence (see README "Audit trail"), streamed; to -o or stdout."""
     from service.audit.export import ExportQuery
     from service.audit.export import export as export_events
-    from service.db import create_engine
+    from service.db.engine import create_engine
 
     if until <= since:
         raise click.BadParameter("must be later than --since", param_hint="--until")
@@ -496,7 +496,7 @@ def prune(days: int) -> None:
     """Remove old test events, through the audited path (README "Audit trail"); nothing else
     is ever deleted."""
     from service.audit.prune import prune_test_events
-    from service.db import create_engine
+    from service.db.engine import create_engine
 
     url = database_url(load_settings(check=False))
 
@@ -524,8 +524,8 @@ def prune(days: int) -> None:
 @cli.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
-    from service.db import create_engine
-    from service.migrations import current_revision, upgrade
+    from service.db.engine import create_engine
+    from service.db.migrations import current_revision, upgrade
 
     settings = load_settings(check=False)
     url = database_url(settings)
@@ -542,7 +542,7 @@ def migrate() -> None:
 
 
 def _register_simulate() -> None:
-    from service.paxos.simulate_cli import simulate
+    from service.simulator.commands import simulate
 
     cli.add_command(simulate)
 

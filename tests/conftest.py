@@ -22,8 +22,8 @@ from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
-from service.db import create_engine, plain_url, start_embedded_postgres, with_database
-from service.migrations import upgrade
+from service.db.engine import create_engine, plain_url, start_embedded_postgres, with_database
+from service.db.migrations import upgrade
 from service.settings import Settings
 from tests.fetching import fetch_settings, paxos  # noqa: E402, F401 - simulator fixtures
 

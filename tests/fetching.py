@@ -13,15 +13,15 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.background import build_paxos_client
-from service.fetcher import Fetcher, RetryPolicy
-from service.paxos.simulator import (
+from service.fetching.fetcher import Fetcher, RetryPolicy
+from service.settings import Settings
+from service.simulator.server import (
     SimulatorConfig,
     SimulatorState,
     create_simulator,
     simulator_state,
 )
-from service.paxos.universe import Universe, generate_universe
-from service.settings import Settings
+from service.simulator.universe import Universe, generate_universe
 from service.store.tables import events
 from tests.factories import encode
 

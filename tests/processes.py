@@ -140,7 +140,7 @@ def sender_args(target: str, count: int, seed: int, *extra: str) -> list[str]:
 
 def universe_notifications(count: int, seed: int) -> list[dict[str, Any]]:
     """The webhooks `sender_args` sends, for the events `simulator_args` serves."""
-    from service.paxos.simulate_cli import build_universe
+    from service.simulator.commands import build_universe
 
     until = datetime.fromisoformat(UNTIL)
     return build_universe(count, float(TEST_RATIO), seed, until).notifications()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
-from service.db import plain_url, with_database
+from service.db.engine import plain_url, with_database
 from tests.conftest import ADMIN_TOKEN, API_KEY, READ_TOKEN
 from tests.processes import clean_env, free_port, running, wait_http
 

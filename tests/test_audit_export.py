@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.audit.canonical import row_hash
 from service.audit.export import CSV_COLUMNS, ExportQuery, export
 from service.audit.seals import seal_pending
-from service.events.notification import Notification
+from service.domain.notification import Notification
 from service.settings import Settings
 from service.store.intake import Received, record_notifications
 from tests.conftest import read_headers

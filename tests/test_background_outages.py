@@ -1,12 +1,12 @@
 """A background loop's spell without the database: one warning, a bounded doubling pause,
-one line when it is over (`service.outages`)."""
+one line when it is over (`service.db.outages`)."""
 
 from __future__ import annotations
 
 import pytest
 from structlog.testing import capture_logs
 
-from service.outages import Outage
+from service.db.outages import Outage
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent

@@ -23,9 +23,9 @@ from sqlalchemy import delete, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.api.events import decode_cursor, encode_cursor, parse_query
-from service.api.problems import InvalidParameter
 from service.store.events import EventFilter, Position
 from service.store.tables import events
+from service.web.problems import InvalidParameter
 from tests.conftest import read_headers
 
 T0 = datetime(2026, 1, 7, 14, 30, 2, tzinfo=UTC)

@@ -18,14 +18,14 @@ from sqlalchemy import Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from service import metrics
 from service.app import create_app
 from service.background import build_paxos_client, running_background
-from service.fetcher import Fetcher
+from service.fetching.fetcher import Fetcher
 from service.paxos.client import ListFilter, PaxosClient
 from service.settings import Settings
 from service.store.fetch_queue import claim_due
 from service.store.tables import events, journal, rate_limits
+from service.telemetry import metrics
 from tests.conftest import ROOT, admin_headers, app_client, read_headers
 from tests.fetching import (
     FAST,

@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
-from service.db import create_engine
+from service.db.engine import create_engine
 from service.settings import Settings
 from tests.conftest import app_client
 from tests.factories import encode, notification

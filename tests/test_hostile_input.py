@@ -1,6 +1,6 @@
 """Hostile input: bodies and clients that try to crash or pin the server, on a real socket.
 
-The server is the real `paxos-events serve` (uvicorn with service.serving's limits) as a
+The server is the real `paxos-events serve` (uvicorn with service.web.serving's limits) as a
 subprocess; every test ends by delivering a normal webhook, which must still be answered 200
 (no crashed process, no stuck worker). The notification parser is also checked on its own,
 with Hypothesis: whatever the bytes, it returns a notification or raises one of its two
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.events.notification import (
+from service.domain.notification import (
     NotANotification,
     Notification,
     NotJSON,

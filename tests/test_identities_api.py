@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.domain.event import ProjectedEvent
 from service.projections import identity, orchestration, transfer
-from service.projections.event import ProjectedEvent
 from service.projections.runner import Projector
 from service.settings import Settings
 from tests.conftest import admin_headers, app_client, read_headers
@@ -162,7 +162,7 @@ async def test_readiness_fails_past_the_lag_limit_and_metrics_show_lag(
 async def test_rebuild_endpoint_runs_a_job_with_progress(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    from service.jobs import JobRunner
+    from service.jobs.runner import JobRunner
     from service.projections.jobs import rebuild_job
 
     await append(

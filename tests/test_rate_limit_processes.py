@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.events.notification import decode_notification
-from service.paxos.simulate_cli import build_universe
+from service.domain.notification import decode_notification
+from service.simulator.commands import build_universe
 from service.store.intake import Received, record_notifications
 from service.store.tables import events
 from tests.processes import clean_env, free_port, running, wait_http

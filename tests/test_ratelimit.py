@@ -8,7 +8,7 @@ import time
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import create_engine
+from service.db.engine import create_engine
 from service.paxos.ratelimit import RateLimiter
 
 

@@ -18,11 +18,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.background import build_paxos_client
-from service.jobs import JobRunner
+from service.jobs.runner import JobRunner
 from service.paxos.client import PaxosClient
-from service.paxos.simulator import SimulatorConfig, create_simulator, simulator_state
-from service.paxos.universe import SimEvent, generate_universe
-from service.reconcile import (
+from service.reconciling.reconciler import (
     GRACE,
     Counts,
     PassState,
@@ -35,6 +33,8 @@ from service.reconcile import (
     to_listed,
 )
 from service.settings import Settings
+from service.simulator.server import SimulatorConfig, create_simulator, simulator_state
+from service.simulator.universe import SimEvent, generate_universe
 from service.store.listed import record_listed
 from service.store.tables import events, journal, reconcile_missed, reconcile_passes
 from tests.conftest import ROOT, admin_headers, read_headers
@@ -231,7 +231,7 @@ async def test_a_stopped_pass_resumes_where_it_got_to(
 async def test_one_reconciler_at_a_time_and_windows_that_overlap(
     engine: AsyncEngine, settings: Settings, sim: Paxos, database_url: str
 ) -> None:
-    from service.db import create_engine
+    from service.db.engine import create_engine
 
     other = create_engine(database_url)  # another process
     now = END + GRACE + timedelta(hours=1)

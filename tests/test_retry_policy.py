@@ -8,11 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.fetcher import RetryPolicy, check_matches, decide
+from service.domain.paxos_event import Fetched, PaxosEvent
+from service.fetching.fetcher import RetryPolicy, check_matches, decide
 from service.paxos.client import (
-    Fetched,
     PaxosBadRequest,
-    PaxosEvent,
     PaxosForbidden,
     PaxosNotFound,
     PaxosRateLimited,

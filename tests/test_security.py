@@ -26,11 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
 from service.background import build_paxos_client
-from service.fetcher import Fetcher
-from service.logs import configure
+from service.fetching.fetcher import Fetcher
 from service.settings import LogFormat, Settings, WebhookAuth
 from service.store.tables import events
-from service.throttle import FailureThrottle
+from service.telemetry.logs import configure
+from service.web.throttle import FailureThrottle
 from tests.conftest import ADMIN_TOKEN, API_KEY, READ_TOKEN, running
 from tests.factories import encode, notification
 from tests.fetching import FAST, Paxos, paxos_settings

@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 from litestar import Litestar, Request, Response, post
 
-from service.events.notification import decode_notification
-from service.paxos.sender import ApiKeyAuth, OAuthAuth, RetryPolicy, SendReport, send
-from service.paxos.simulate_cli import build_universe, simulate
-from service.paxos.simulator import SimulatorConfig, create_simulator
-from service.paxos.universe import Universe, generate_universe, parse_rfc3339_ns
+from service.domain.notification import decode_notification
+from service.simulator.commands import build_universe, simulate
+from service.simulator.sender import ApiKeyAuth, OAuthAuth, RetryPolicy, SendReport, send
+from service.simulator.server import SimulatorConfig, create_simulator
+from service.simulator.universe import Universe, generate_universe, parse_rfc3339_ns
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent

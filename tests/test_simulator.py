@@ -16,15 +16,15 @@ import httpx
 import msgspec
 import pytest
 
-from service.events.notification import decode_notification
-from service.paxos.simulator import (
+from service.domain.notification import decode_notification
+from service.simulator.server import (
     EVENTS_SCOPE,
     SimulatorConfig,
     SimulatorState,
     create_simulator,
     simulator_state,
 )
-from service.paxos.universe import (
+from service.simulator.universe import (
     ALL_TYPES,
     TRANSFER_TYPES,
     SimEvent,

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
-from service.db import create_engine
+from service.db.engine import create_engine
 from service.settings import Settings
 from service.store.tables import events, journal
 from tests.conftest import API_KEY, app_client

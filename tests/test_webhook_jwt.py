@@ -25,11 +25,11 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.problems import Unauthenticated
 from service.app import create_app
+from service.intake.jwt import MAX_AGE_S, REFETCH_INTERVAL_S, AuthUnavailable, JwtAuthenticator
 from service.settings import Settings, WebhookAuth
 from service.store.tables import events
-from service.webhooks.jwt import MAX_AGE_S, REFETCH_INTERVAL_S, AuthUnavailable, JwtAuthenticator
+from service.web.problems import Unauthenticated
 from tests.conftest import app_client
 from tests.factories import encode, notification
 

@@ -18,10 +18,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
-from service.db import create_engine
+from service.db.engine import create_engine
+from service.intake.oauth import AUDIENCE, ISSUER, load_signing_key
 from service.settings import Settings, WebhookAuth
 from service.store.tables import events, service_keys
-from service.webhooks.oauth import AUDIENCE, ISSUER, load_signing_key
 from tests.conftest import API_KEY, app_client
 from tests.factories import encode, notification
 

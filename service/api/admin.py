@@ -14,12 +14,12 @@ from litestar.params import FromPath
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.auth import require_admin
-from service.api.openapi import problem
-from service.api.problems import Problem
-from service.jobs import get_job
+from service.jobs.runner import get_job
 from service.store.fetch_queue import make_due
 from service.store.tables import events
+from service.web.auth import require_admin
+from service.web.openapi import problem
+from service.web.problems import Problem
 
 
 class Refetch(msgspec.Struct, frozen=True):

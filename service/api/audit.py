@@ -25,12 +25,12 @@ from litestar.openapi.spec import (
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.auth import require_read
 from service.api.events import MAX_VALUE_LENGTH, _parse_identity_id, _parse_time
-from service.api.problems import PROBLEM_JSON, InvalidParameter
 from service.audit.export import FORMATS, ExportQuery, export
 from service.audit.verify import verify
 from service.settings import Settings
+from service.web.auth import require_read
+from service.web.problems import PROBLEM_JSON, InvalidParameter
 
 EXPORT_PARAMETERS = ("since", "until", "identity_id", "format")
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}

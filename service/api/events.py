@@ -39,11 +39,12 @@ from litestar.openapi.spec import (
 from litestar.params import FromPath
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.auth import require_read
-from service.api.problems import PROBLEM_JSON, InvalidParameter
-from service.api.schemas import Event, EventPage
+from service.api.schemas import EventPage
+from service.domain.stored import Event
 from service.store.events import EventFilter, Position, get_event, list_events
 from service.store.tables import EVENT_STATUSES
+from service.web.auth import require_read
+from service.web.problems import PROBLEM_JSON, InvalidParameter
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

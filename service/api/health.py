@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.migrations import head_revision
+from service.db.migrations import head_revision
 from service.projections.runner import lag as projection_lag
 from service.settings import Settings
 from service.store.fetch_queue import fetch_backlog

@@ -10,9 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import metrics
-from service.api.auth import require_read
 from service.store.fetch_queue import fetch_backlog
+from service.telemetry import metrics
+from service.web.auth import require_read
 
 
 class MetricsController(Controller):

@@ -24,13 +24,13 @@ from litestar.openapi.spec import OpenAPIType, Operation, Parameter, Schema
 from litestar.params import FromPath
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.auth import require_admin, require_read
 from service.api.events import list_event_page, list_operation_class
-from service.api.problems import InvalidParameter
 from service.api.schemas import EventPage
-from service.jobs import create_job
+from service.jobs.runner import create_job
 from service.projections import read
 from service.projections.runner import PROJECTIONS
+from service.web.auth import require_admin, require_read
+from service.web.problems import InvalidParameter
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -15,13 +15,13 @@ from litestar.params import FromPath, FromQuery
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.auth import require_admin
-from service.api.openapi import problem, request_body_operation
-from service.api.problems import InvalidParameter, Problem
-from service.events.notification import EventType
-from service.jobs import create_job
-from service.reconcile import PASS_COLUMNS, recent_passes
+from service.domain.notification import EventType
+from service.jobs.runner import create_job
+from service.reconciling.reconciler import PASS_COLUMNS, recent_passes
 from service.store.tables import reconcile_missed, reconcile_passes
+from service.web.auth import require_admin
+from service.web.openapi import problem, request_body_operation
+from service.web.problems import InvalidParameter, Problem
 
 
 class BackfillRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.canonical import GENESIS_HASH, ROW_HASH_SQL, pack_rows, seal_hash
-from service.outages import STORE_ERRORS, Outage
+from service.db.outages import STORE_ERRORS, Outage
 
 log = structlog.get_logger(__name__)
 

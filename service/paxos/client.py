@@ -29,8 +29,9 @@ import httpx
 import msgspec
 import structlog
 
-from service import metrics
+from service.domain.paxos_event import Fetched, PaxosEvent
 from service.paxos.ratelimit import RateLimiter
+from service.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -91,27 +92,6 @@ class PaxosBadRequest(PaxosError):
 
 class PaxosProtocolError(PaxosError):
     """A 2xx answer whose body is not what Paxos documents."""
-
-
-class PaxosEvent(msgspec.Struct, frozen=True):
-    """An Event as Get Event and List Events return it (PAXOS.md §2)."""
-
-    id: str
-    type: str
-    # Kept as Paxos wrote it (RFC 3339, up to nanoseconds): a datetime would round it to
-    # microseconds, and paging by time must repeat Paxos's own value exactly.
-    created_at: str
-    object_type: str | None = None
-    object: dict[str, Any] | None = None
-    undelivered_webhooks: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """A full event: `event` decoded, `raw` the JSON exactly as Paxos sent it."""
-
-    event: PaxosEvent
-    raw: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import metrics
+from service.telemetry import metrics
 
 # Permits may be booked this far ahead of the database's clock; a caller asking for more
 # waits and asks again. Booking ahead is what lets one round trip serve several calls.

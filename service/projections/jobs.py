@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.jobs import Handler, Job
+from service.jobs.runner import Handler, Job
 from service.projections.rebuild import Progress, rebuild
 from service.projections.runner import PROJECTIONS
 

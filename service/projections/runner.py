@@ -20,9 +20,9 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import metrics
-from service.outages import STORE_ERRORS, Outage
+from service.db.outages import STORE_ERRORS, Outage
 from service.projections.sql import apply_statement
+from service.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 

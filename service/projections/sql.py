@@ -31,8 +31,8 @@ from functools import lru_cache
 
 from sqlalchemy import TextClause, text
 
-from service.projections.event import FIELD_RANGES
-from service.projections.identity import (
+from service.domain.event import FIELD_RANGES
+from service.domain.identity import (
     CONTROL_CREATED,
     CONTROL_DELETED,
     DOCUMENTS_REQUIRED,
@@ -420,8 +420,8 @@ class _Spec:
 
 
 def _spec(name: str) -> _Spec:
-    from service.projections.orchestration import FIELDS as ORCHESTRATION_FIELDS
-    from service.projections.transfer import FIELDS as TRANSFER_FIELDS
+    from service.domain.orchestration import FIELDS as ORCHESTRATION_FIELDS
+    from service.domain.transfer import FIELDS as TRANSFER_FIELDS
 
     if name == "identities":
         return _Spec("identity.", "identity_id", _IDENTITY_FACTS)
@@ -435,8 +435,8 @@ def _fold(name: str, tables: Mapping[str, str], upsert: bool = True) -> str:
     """The fold's CTEs; `upsert=False` for tables known to hold none of the subjects (an
     emptied shadow, folded one part of the subjects at a time): plain INSERTs then give the
     same rows, and the tables need no key while they fill."""
-    from service.projections.orchestration import FIELDS as ORCHESTRATION_FIELDS
-    from service.projections.transfer import FIELDS as TRANSFER_FIELDS
+    from service.domain.orchestration import FIELDS as ORCHESTRATION_FIELDS
+    from service.domain.transfer import FIELDS as TRANSFER_FIELDS
 
     if name == "identities":
         return _identities(tables, upsert)

@@ -39,7 +39,7 @@ import msgspec
 from sqlalchemy import Label, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.api.schemas import Event
+from service.domain.stored import Event
 from service.store.tables import EVENT_STATUSES, events
 
 EVENT_COLUMNS = (

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.notify import PENDING_CHANNEL
+from service.db.notify import PENDING_CHANNEL
 from service.store.tables import as_jsonb
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.events.notification import Notification
+from service.domain.notification import Notification
 from service.store.tables import RECEIPT_TIMES_KEPT
 
 

@@ -30,20 +30,19 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import metrics
 from service.api.events import encode_cursor, parse_query
-from service.api.problems import InvalidParameter
 from service.audit import seals
 from service.audit.verify import last_run as last_verify
-from service.jobs import create_job, get_job
+from service.jobs.runner import create_job, get_job
 from service.projections import read
 from service.projections.runner import PROJECTIONS
 from service.projections.runner import lag as projection_lag
-from service.reconcile import recent_passes
+from service.reconciling.reconciler import recent_passes
 from service.settings import Settings
 from service.store.events import EventFilter, Position, get_event, list_events
 from service.store.fetch_queue import fetch_backlog, make_due
 from service.store.tables import EVENT_STATUSES, events
+from service.telemetry import metrics
 from service.ui import queries
 from service.ui.session import (
     LOGIN_CSRF_COOKIE,
@@ -59,6 +58,7 @@ from service.ui.session import (
     session_key,
 )
 from service.ui.session import read as read_session
+from service.web.problems import InvalidParameter
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +114,7 @@ STORE_ERRORS = (DBAPIError, SQLAlchemyTimeoutError, OSError, TimeoutError)
 
 
 def _is_bug(exc: Exception) -> bool:
-    """A database error from a bad statement, not an outage (as service.api.problems tells)."""
+    """A database error from a bad statement, not an outage (as service.web.problems tells)."""
     return isinstance(exc, DBAPIError) and not (
         exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
     )
@@ -244,7 +244,7 @@ async def _static_headers(response: Response[Any]) -> Response[Any]:
 class ConsoleController(Controller):
     path = "/ui"
     include_in_schema = False
-    # The same keys as the app's handlers (service.api.problems), so these win on /ui.
+    # The same keys as the app's handlers (service.web.problems), so these win on /ui.
     exception_handlers = dict.fromkeys((HTTPException, *STORE_ERRORS, Exception), _error_page)
 
     @get("/", name="ui-home")

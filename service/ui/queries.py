@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Label, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.api.schemas import Event
+from service.domain.stored import Event
 from service.store.events import EVENT_COLUMNS
 from service.store.tables import EVENT_STATUSES, TRANSFER_EVENTS, TRANSFER_OBJECT_ID
 

@@ -95,7 +95,7 @@ def token_digest(key: bytes, token: str) -> str:
 
 def role_of(settings: Settings, token: str) -> Role | None:
     """The role `token` grants, or None. Both lists are checked in full, in constant time."""
-    from service.webhooks.auth import matches_any
+    from service.intake.auth import matches_any
 
     is_admin = matches_any(token, settings.api_admin_tokens)
     is_reader = matches_any(token, settings.api_read_tokens)

@@ -236,7 +236,7 @@ async def test_an_operator_walks_the_console(service: Service, chromium) -> None
     await page.wait_for_url(re.compile(r"type=identity\.\*"))
     types = await page.locator("table.events tbody th a").all_inner_texts()
     real_identity = [
-        e for e in service.paxos.universe if e.type.startswith("identity.") and not e.is_test
+        e for e in service.simulator.universe if e.type.startswith("identity.") and not e.is_test
     ]
     assert len(types) == min(len(real_identity), 50)
     assert all(t.startswith("identity.") for t in types)
@@ -322,7 +322,7 @@ async def test_an_operator_walks_the_console(service: Service, chromium) -> None
     plain_page = await plain.new_page()
     await _sign_in(plain_page, url, READ_TOKEN)
     rows = await plain_page.locator("table.events tbody tr").count()
-    assert rows == min(len(service.paxos.universe), 50)
+    assert rows == min(len(service.simulator.universe), 50)
     await plain.close()
     await admin.close()
 

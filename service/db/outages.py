@@ -12,7 +12,7 @@ from __future__ import annotations
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.batching import describe
+from service.db.batching import describe
 
 log = structlog.get_logger(__name__)
 

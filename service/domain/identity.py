@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from service.projections.event import Key, ProjectedEvent, newer
+from service.domain.event import Key, ProjectedEvent, newer
 
 KYC_PREFIX = "identity.kyc_refresh."
 CONTROL_CREATED = "identity.control.created"

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import plain_url
+from service.db.engine import plain_url
 
 log = structlog.get_logger(__name__)
 

@@ -26,12 +26,13 @@ import structlog
 from sqlalchemy import RowMapping, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import metrics
-from service.fetcher import identity_id_of
-from service.jobs import Job
-from service.paxos.client import Fetched, ListFilter, PaxosClient
+from service.domain.paxos_event import Fetched
+from service.fetching.fetcher import identity_id_of
+from service.jobs.runner import Job
+from service.paxos.client import ListFilter, PaxosClient
 from service.store.listed import Listed, record_listed
 from service.store.tables import reconcile_passes
+from service.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 

@@ -31,7 +31,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, patch, post
 from litestar.params import FromPath
 
-from service.paxos.universe import SimEvent, Universe, generate_universe, parse_rfc3339_ns
+from service.simulator.universe import SimEvent, Universe, generate_universe, parse_rfc3339_ns
 
 EVENTS_SCOPE = "events:read_event"
 DEFAULT_ALLOWED_SCOPES = frozenset(
@@ -471,7 +471,7 @@ def create_simulator(config: SimulatorConfig | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[token, get_event, list_events, stats, calls, set_faults],
         openapi_config=None,
-        # Logging belongs to the process (service.logs), not to this app.
+        # Logging belongs to the process (service.telemetry.logs), not to this app.
         logging_config=None,
     )
     app.state.simulator = state

@@ -2,7 +2,7 @@
 
 Answers that come from layers rather than handlers are declared here, once, for every route
 (including routes added later): a guarded route may answer 401 (and 403 for a read token on
-an admin route), any route but health and the docs may answer 429 (`service.throttle`), a
+an admin route), any route but health and the docs may answer 429 (`service.web.throttle`), a
 route with a path parameter may answer 404, a route that reads the store may answer 503. The
 security schemes say which credentials each route takes, so clients and contract tests
 (tests/test_openapi_contract.py, tests/test_security.py) can read them from the document.
@@ -31,10 +31,10 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 
-from service.api.auth import require_admin, require_read
-from service.api.problems import PROBLEM_JSON
 from service.settings import Settings, WebhookAuth
-from service.throttle import UNTHROTTLED_PREFIXES
+from service.web.auth import require_admin, require_read
+from service.web.problems import PROBLEM_JSON
+from service.web.throttle import UNTHROTTLED_PREFIXES
 
 # Names of security schemes, not secrets.
 READ_TOKEN = "readToken"  # noqa: S105

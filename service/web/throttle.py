@@ -35,8 +35,8 @@ from litestar.types import (
     Send,
 )
 
-from service import metrics
-from service.api.problems import PROBLEM_JSON, problem_body
+from service.telemetry import metrics
+from service.web.problems import PROBLEM_JSON, problem_body
 
 # Routes that check no credentials: a throttled address may still probe health and the docs.
 UNTHROTTLED_PREFIXES = ("/health/", "/schema")

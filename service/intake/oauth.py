@@ -28,11 +28,11 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.openapi import problem, request_body_operation
-from service.api.problems import Problem, Unauthenticated
+from service.intake.auth import bearer_token, matches_any
 from service.settings import Settings, WebhookAuth
 from service.store.keys import load_service_key
-from service.webhooks.auth import bearer_token, matches_any
+from service.web.openapi import problem, request_body_operation
+from service.web.problems import Problem, Unauthenticated
 
 log = structlog.get_logger(__name__)
 

@@ -14,22 +14,22 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 
-from service import metrics
-from service.api.openapi import (
-    NOTIFICATION_SCHEMA,
-    WEBHOOK_AUTH_OPT,
-    problem,
-    request_body_operation,
-)
-from service.api.problems import Problem, StoreUnavailable
-from service.events.notification import (
+from service.domain.notification import (
     NotANotification,
     Notification,
     NotJSON,
     decode_notification,
 )
-from service.webhooks.auth import Authenticator
-from service.webhooks.committer import CommitFailed, GroupCommitter
+from service.intake.auth import Authenticator
+from service.intake.committer import CommitFailed, GroupCommitter
+from service.telemetry import metrics
+from service.web.openapi import (
+    NOTIFICATION_SCHEMA,
+    WEBHOOK_AUTH_OPT,
+    problem,
+    request_body_operation,
+)
+from service.web.problems import Problem, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from service.paxos.universe import Universe, generate_universe, parse_rfc3339_ns
+from service.simulator.universe import Universe, generate_universe, parse_rfc3339_ns
 
 WINDOW = timedelta(hours=24)
 _PROBABILITY = click.FloatRange(0.0, 1.0)
@@ -150,7 +150,7 @@ def api(
     """Run a stand-in Paxos API: token endpoint, Get Event, List Events."""
     import uvicorn
 
-    from service.paxos.simulator import Faults, SimulatorConfig, create_simulator
+    from service.simulator.server import Faults, SimulatorConfig, create_simulator
 
     universe = build_universe(events, test_ratio, seed, until)
     config = SimulatorConfig(
@@ -287,7 +287,7 @@ def send_command(
     as_json: bool,
 ) -> None:
     """Deliver webhooks to a consumer as Paxos does, retries included; exit 1 if any gave up."""
-    from service.paxos.sender import ApiKeyAuth, Auth, OAuthAuth, RetryPolicy, send
+    from service.simulator.sender import ApiKeyAuth, Auth, OAuthAuth, RetryPolicy, send
 
     oauth_options = {
         "--token-url": token_url,

@@ -19,12 +19,11 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import metrics
-from service.batching import CommitFailed, GroupWriter
-from service.notify import FETCHED_CHANNEL, Waker
-from service.outages import STORE_ERRORS, Outage
+from service.db.batching import CommitFailed, GroupWriter
+from service.db.notify import FETCHED_CHANNEL, Waker
+from service.db.outages import STORE_ERRORS, Outage
+from service.domain.paxos_event import Fetched
 from service.paxos.client import (
-    Fetched,
     PaxosBadRequest,
     PaxosClient,
     PaxosError,
@@ -41,6 +40,7 @@ from service.store.fetch_queue import (
     claim_due,
     record_outcomes,
 )
+from service.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 

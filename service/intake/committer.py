@@ -1,4 +1,4 @@
-"""The intake write path: webhook notifications, group-committed (see `service.batching`)."""
+"""The intake write path: webhook notifications, group-committed (see `service.db.batching`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.batching import CommitFailed, GroupWriter
-from service.events.notification import Notification
-from service.notify import PENDING_CHANNEL, Waker
+from service.db.batching import CommitFailed, GroupWriter
+from service.db.notify import PENDING_CHANNEL, Waker
+from service.domain.notification import Notification
 from service.store.intake import Received, record_notifications
 
 __all__ = ["CommitFailed", "GroupCommitter"]

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.outages import STORE_ERRORS, Outage
+from service.db.outages import STORE_ERRORS, Outage
 
 log = structlog.get_logger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from service.projections.event import Key, ProjectedEvent, newer
-from service.projections.transfer import subject_of
+from service.domain.event import Key, ProjectedEvent, newer
+from service.domain.transfer import subject_of
 
 FIELDS = ("status", "ref_id", "orchestration_rule_id")
 

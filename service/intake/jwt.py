@@ -25,8 +25,8 @@ import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
-from service.api.problems import Problem, Unauthenticated
-from service.webhooks.auth import bearer_token
+from service.intake.auth import bearer_token
+from service.web.problems import Problem, Unauthenticated
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from service.api.problems import Unauthenticated
+from service.web.problems import Unauthenticated
 
 
 class Authenticator(Protocol):

@@ -7,9 +7,9 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from service.api.problems import Forbidden, Unauthenticated
+from service.intake.auth import bearer_token, matches_any
 from service.settings import Settings
-from service.webhooks.auth import bearer_token, matches_any
+from service.web.problems import Forbidden, Unauthenticated
 
 
 def _role(connection: ASGIConnection[Any, Any, Any, Any]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from service.projections.event import Key, ProjectedEvent, newer
+from service.domain.event import Key, ProjectedEvent, newer
 
 FIELDS = (
     "type",

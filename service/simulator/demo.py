@@ -19,10 +19,10 @@ import httpx
 import structlog
 import uvicorn
 
-from service.paxos.sender import ApiKeyAuth, Auth, OAuthAuth, send
-from service.paxos.simulator import SimulatorConfig, create_simulator
-from service.paxos.universe import generate_universe
 from service.settings import Settings, WebhookAuth
+from service.simulator.sender import ApiKeyAuth, Auth, OAuthAuth, send
+from service.simulator.server import SimulatorConfig, create_simulator
+from service.simulator.universe import generate_universe
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,29 @@
+"""A full Paxos event as Get Event and List Events return it (PAXOS.md §2); pure data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+
+class PaxosEvent(msgspec.Struct, frozen=True):
+    """An Event as Get Event and List Events return it (PAXOS.md §2)."""
+
+    id: str
+    type: str
+    # Kept as Paxos wrote it (RFC 3339, up to nanoseconds): a datetime would round it to
+    # microseconds, and paging by time must repeat Paxos's own value exactly.
+    created_at: str
+    object_type: str | None = None
+    object: dict[str, Any] | None = None
+    undelivered_webhooks: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A full event: `event` decoded, `raw` the JSON exactly as Paxos sent it."""
+
+    event: PaxosEvent
+    raw: str

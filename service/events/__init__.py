@@ -1,1 +1,0 @@
-"""The pure domain: what Paxos sends and what it means. No I/O."""

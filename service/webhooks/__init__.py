@@ -1,1 +1,0 @@
-"""Webhook intake: the controller, sender authentication, and group commit."""
