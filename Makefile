@@ -32,10 +32,11 @@ run: $(RUN_STAMP) ## Run the service at http://127.0.0.1:8000 (embedded Postgres
 test: $(DEV_STAMP) /usr/bin/chromium ## Run the whole test suite (embedded Postgres unless TEST_DATABASE_URL is set)
 	$(BIN)/pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
-lint: $(DEV_STAMP) ## ruff, the formatter's check, and mypy --strict
+lint: $(DEV_STAMP) ## ruff, the formatter's check, mypy --strict, and the layers (import-linter)
 	$(BIN)/ruff check service tests bench migrations
 	$(BIN)/ruff format --check service tests bench migrations
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: $(DEV_STAMP) ## Format and autofix
 	$(BIN)/ruff format service tests bench migrations

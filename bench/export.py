@@ -33,9 +33,9 @@ from typing import Any
 import asyncpg
 
 from bench.database import kept_or_recreated, server_url
-from service.audit.seals import seal_pending
-from service.audit.verify import verify
 from service.db.engine import create_engine, plain_url
+from service.store.audit.seals import seal_pending
+from service.store.audit.verify import verify
 
 EVENTS = 1_000_000
 CHUNK = 100_000

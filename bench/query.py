@@ -56,8 +56,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bench import database
 from bench.database import server_url
 from service.db.engine import create_engine, plain_url, with_database
+from service.domain.stored import EventFilter, Position
 from service.simulator.universe import TRANSFER_KINDS
-from service.store.events import EventFilter, Position, list_events
+from service.store.events import list_events
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "query.json"

@@ -38,7 +38,7 @@ import asyncpg
 from bench.database import kept_or_recreated, server_url
 from service.db.engine import create_engine, plain_url
 from service.projections.rebuild import rebuild
-from service.projections.runner import IDENTITIES
+from service.store.projections.registry import IDENTITIES
 
 EVENTS = 1_000_000
 IDENTITIES_N = 100_000

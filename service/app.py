@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import cast
 
 import httpx
 from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,11 +29,11 @@ from service.api.projections import (
 from service.api.reconciliation import ReconciliationController
 from service.background import running_background
 from service.db.engine import create_engine
-from service.intake.auth import ApiKeyAuthenticator, Authenticator, OpenAuthenticator
+from service.intake.auth import Authenticator, build_authenticator
 from service.intake.committer import GroupCommitter
 from service.intake.controller import webhook_handler
 from service.intake.oauth import OAuthTokenController
-from service.settings import Settings, WebhookAuth
+from service.settings import Settings
 from service.ui.controller import console_handlers
 from service.ui.controller import template_config as console_template_config
 from service.web.client import new_http_client
@@ -85,6 +88,9 @@ def create_app(
             if own_engine:
                 await app_engine.dispose()
 
+    def provide_settings() -> Settings:
+        return settings
+
     app = Litestar(
         route_handlers=[
             webhook_handler(settings.webhook_max_body_bytes),
@@ -102,6 +108,11 @@ def create_app(
             *console_handlers(),
         ],
         template_config=console_template_config(),
+        # Handlers take `engine` and `settings` as parameters instead of reading app.state.
+        dependencies={
+            "engine": Provide(provide_engine, sync_to_thread=False),
+            "settings": Provide(provide_settings, sync_to_thread=False),
+        },
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=OpenAPIConfig(
@@ -126,25 +137,6 @@ def create_app(
     return app
 
 
-async def build_authenticator(
-    settings: Settings, engine: AsyncEngine, client: httpx.AsyncClient
-) -> Authenticator:
-    """The webhook authenticator that `WEBHOOK_AUTH` names."""
-    match settings.webhook_auth:
-        case WebhookAuth.API_KEY:
-            return ApiKeyAuthenticator(settings.webhook_api_key_header, settings.webhook_api_keys)
-        case WebhookAuth.OAUTH:
-            from service.intake.oauth import OAuthTokenAuthenticator, load_signing_key
-
-            return OAuthTokenAuthenticator(await load_signing_key(engine))
-        case WebhookAuth.JWT:
-            from service.intake.jwt import JwtAuthenticator
-
-            return JwtAuthenticator(
-                jwks_url=settings.webhook_jwt_jwks_url or "",
-                issuer=settings.webhook_jwt_issuer or "",
-                audience=settings.webhook_jwt_audience or "",
-                client=client,
-            )
-        case WebhookAuth.NONE:
-            return OpenAuthenticator()
+def provide_engine(state: State) -> AsyncEngine:
+    """The app's engine, which the lifespan creates (or was given) and puts in `state`."""
+    return cast(AsyncEngine, state.engine)

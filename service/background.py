@@ -16,45 +16,18 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit.seals import Sealer
+from service.audit.sealer import Sealer
 from service.db.notify import FETCHED_CHANNEL, PENDING_CHANNEL, listen
-from service.fetching.fetcher import Fetcher, RetryPolicy
-from service.jobs.runner import JOBS_CHANNEL, Handler, JobRunner
-from service.paxos.client import PaxosClient, TokenProvider
-from service.paxos.ratelimit import RateLimiter
+from service.fetching.fetcher import FETCH_POLL_S, Fetcher, RetryPolicy
+from service.jobs.runner import JobRunner
+from service.paxos.client import PaxosClient, build_client
 from service.projections.jobs import rebuild_job
-from service.projections.runner import Projector
+from service.projections.runner import PROJECTION_POLL_S, Projector
 from service.reconciling.reconciler import Reconciler, backfill_job
 from service.settings import Settings
+from service.store.jobs import JOBS_CHANNEL, Handler
 
 log = structlog.get_logger(__name__)
-
-
-def build_paxos_client(
-    settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient
-) -> PaxosClient:
-    """The Paxos client, with the deployment-wide limits on API calls and token requests."""
-    tokens = TokenProvider(
-        http=http,
-        token_url=settings.paxos_token_url,
-        client_id=settings.paxos_client_id or "",
-        client_secret=settings.paxos_client_secret or "",
-        scope=settings.paxos_scope,
-        # Paxos allows one token request per second; the whole deployment shares it. 0.9/s
-        # leaves 100 ms for a request that leaves one process late to still arrive more than
-        # a second after another's (tokens are needed about once an hour: it costs nothing).
-        limiter=RateLimiter(engine, "paxos_token", 0.9),
-    )
-    limiter = RateLimiter(engine, "paxos_api", settings.paxos_api_rps)
-    timeout = httpx.Timeout(settings.paxos_timeout_s, connect=min(5.0, settings.paxos_timeout_s))
-    return PaxosClient(
-        http,
-        settings.paxos_api_url,
-        tokens,
-        limiter,
-        timeout=timeout,
-        connections=settings.paxos_max_connections,
-    )
 
 
 @dataclass
@@ -87,12 +60,20 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
 
 @asynccontextmanager
 async def running_background(
-    settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient
+    settings: Settings,
+    engine: AsyncEngine,
+    http: httpx.AsyncClient,
+    *,
+    fetch_poll_s: float = FETCH_POLL_S,
+    projection_poll_s: float = PROJECTION_POLL_S,
 ) -> AsyncIterator[Background]:
-    """Start the background parts; stop them (finishing their writes) on exit."""
+    """Start the background parts; stop them (finishing their writes) on exit.
+
+    The poll intervals are how often the fetcher and the projector look for work that no
+    NOTIFY woke them for (tests lengthen them to show that the wake-ups alone suffice)."""
     if not settings.database_url:
         raise ValueError("the background parts need settings.database_url (for LISTEN)")
-    client = build_paxos_client(settings, engine, http)
+    client = build_client(settings, engine, http)
     fetcher = Fetcher(
         engine,
         client,
@@ -100,9 +81,10 @@ async def running_background(
             horizon_s=settings.fetch_retry_horizon_s, cap_s=settings.fetch_retry_max_delay_s
         ),
         lease_s=settings.fetch_lease_s,
+        poll_s=fetch_poll_s,
     )
     jobs = JobRunner(engine, job_handlers(settings, engine, client))
-    projector = Projector(engine)
+    projector = Projector(engine, poll_s=projection_poll_s)
     # One LISTEN connection per process wakes each part when its kind of work arrives.
     wakeups = {
         PENDING_CHANNEL: [fetcher.wakeup],

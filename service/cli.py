@@ -8,13 +8,17 @@ import re
 import secrets
 import sys
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import structlog
 
-from service.db.runtime import run as run_async
+from service.db.runtime import run, run_with_engine
 from service.settings import Settings, SettingsError, WebhookAuth
+
+if TYPE_CHECKING:
+    # Only for annotations: commands import what they use when they run, so `--help` is quick.
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +94,6 @@ def serve(demo: bool, no_background: bool) -> None:
     import uvicorn
 
     from service.app import create_app
-    from service.db.engine import create_engine
     from service.db.migrations import upgrade
     from service.web.serving import server_config as guarded_server_config
 
@@ -99,14 +102,7 @@ def serve(demo: bool, no_background: bool) -> None:
     url = database_url(settings)
     if not settings.database_url:
         # The embedded database is ours alone: keep it migrated.
-        async def migrate() -> None:
-            engine = create_engine(url, pool_size=1)
-            try:
-                await upgrade(engine)
-            finally:
-                await engine.dispose()
-
-        asyncio.run(migrate())
+        run_with_engine(url, upgrade)
     settings = settings.replace(database_url=url)
 
     def server_config(settings: Settings) -> uvicorn.Config:
@@ -114,43 +110,13 @@ def serve(demo: bool, no_background: bool) -> None:
         return guarded_server_config(create_app(settings, background=not no_background), settings)
 
     if demo:
-        from service.simulator.demo import serve_demo
+        from service.simulator.demo import banner, serve_demo
 
-        _print_demo_banner(settings)
-        run_async(serve_demo(settings, server_config))
+        # The banner is for the person at the terminal, not for the log stream.
+        click.echo(banner(settings), err=True)
+        run(serve_demo(settings, server_config))
     else:
         uvicorn.Server(server_config(settings)).run()
-
-
-def _print_demo_banner(settings: Settings) -> None:
-    base = f"http://{settings.host}:{settings.port}"
-    read = settings.api_read_tokens[0]
-    lines = [
-        "",
-        f"Paxos Event Store (demo) on {base}",
-        "  fetching from a built-in Paxos simulator, which also sends it sample webhooks",
-        f"  read token:  {read}",
-        f"  admin token: {settings.api_admin_tokens[0]}",
-    ]
-    if settings.webhook_auth is WebhookAuth.API_KEY:
-        key = settings.webhook_api_keys[0]
-        lines += [
-            f"  webhook key: {settings.webhook_api_key_header}: {key}",
-            "",
-            "Send a webhook:",
-            f"  curl -s {base}/webhooks/paxos -H 'Content-Type: application/json' "
-            f"-H '{settings.webhook_api_key_header}: {key}' -d '{{\"id\": \"'$(python3 -c "
-            '\'import uuid; print(uuid.uuid4())\')\'", "type": "identity.approved", '
-            '"source": "com.paxos", "time": "2026-01-07T14:30:02Z", "object": "event"}\'',
-        ]
-    lines += [
-        "",
-        "List events:",
-        f"  curl -s -H 'Authorization: Bearer {read}' '{base}/events?limit=10'",
-        "",
-    ]
-    # The banner is for the person at the terminal, not for the log stream.
-    click.echo("\n".join(lines), err=True)
 
 
 @cli.command()
@@ -159,7 +125,7 @@ def worker() -> None:
     import signal
 
     from service.background import running_background
-    from service.db.engine import create_engine
+    from service.db.runtime import opened_engine
     from service.web.client import new_http_client
 
     settings = load_settings(check=False)
@@ -170,23 +136,21 @@ def worker() -> None:
         )
     settings = settings.replace(database_url=database_url(settings))
 
-    async def run() -> None:
+    async def run_worker() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        engine = create_engine(settings.database_url or "")
-        http = new_http_client(settings.paxos_max_connections)
-        try:
-            async with running_background(settings, engine, http):
-                log.info("worker started")
-                await stop.wait()
-        finally:
-            await http.aclose()
-            await engine.dispose()
+        async with (
+            opened_engine(settings.database_url or "", pool_size=10) as engine,
+            new_http_client(settings.paxos_max_connections) as http,
+            running_background(settings, engine, http),
+        ):
+            log.info("worker started")
+            await stop.wait()
         log.info("worker stopped")
 
-    run_async(run())
+    run(run_worker())
 
 
 def _rfc3339(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -238,23 +202,14 @@ def backfill(
 
 
 def _make_pending_due() -> None:
-
-    from service.db.engine import create_engine
     from service.store.fetch_queue import make_due
 
-    settings = load_settings(check=False)
-    url = database_url(settings)
+    async def make_all_due(engine: AsyncEngine) -> int:
+        async with engine.begin() as conn:
+            return len(await make_due(conn))
 
-    async def run() -> int:
-        engine = create_engine(url, pool_size=1)
-        try:
-            async with engine.begin() as conn:
-                ids = await make_due(conn)
-            return len(ids)
-        finally:
-            await engine.dispose()
-
-    click.echo(f"{asyncio.run(run())} events made due for a new Get Event")
+    made_due = run_with_engine(database_url(load_settings(check=False)), make_all_due)
+    click.echo(f"{made_due} events made due for a new Get Event")
 
 
 def _backfill_window(
@@ -262,16 +217,9 @@ def _backfill_window(
 ) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from service.background import build_paxos_client
-    from service.db.engine import create_engine
-    from service.reconciling.reconciler import (
-        PassState,
-        Window,
-        load_pass,
-        run_pass,
-        start_pass,
-        unfinished_pass,
-    )
+    from service.paxos.client import build_client
+    from service.reconciling.reconciler import resume_or_start_backfill, run_pass
+    from service.store.reconcile import PassState, Window
     from service.web.client import new_http_client
 
     settings = load_settings(check=False)
@@ -284,21 +232,16 @@ def _backfill_window(
     window = Window(since, until, tuple(dict.fromkeys(types)), include_test)
     span = (until - since).total_seconds()
 
-    async def run() -> PassState:
-        engine = create_engine(url, pool_size=2)
-        http = new_http_client(settings.paxos_max_connections)
-        try:
-            client = build_paxos_client(settings, engine, http)
-            resumable = await unfinished_pass(engine, "backfill", window)
-            if resumable is not None:
-                state = await load_pass(engine, resumable)
+    async def backfill_window(engine: AsyncEngine) -> PassState:
+        async with new_http_client(settings.paxos_max_connections) as http:
+            client = build_client(settings, engine, http)
+            state, resumed = await resume_or_start_backfill(engine, window)
+            if resumed:
                 click.echo(
-                    f"resuming backfill pass {resumable} "
+                    f"resuming backfill pass {state.pass_id} "
                     f"({state.counts.found} events already listed)",
                     err=True,
                 )
-            else:
-                state = await start_pass(engine, "backfill", window)
             with Progress(
                 TextColumn("[bold]backfill"),
                 BarColumn(),
@@ -323,11 +266,8 @@ def _backfill_window(
 
                 await run_pass(engine, client, state, progress=report)
             return state
-        finally:
-            await http.aclose()
-            await engine.dispose()
 
-    state = run_async(run())
+    state = run_with_engine(url, backfill_window, pool_size=2)
     c = state.counts
     click.echo(
         f"backfill pass {state.pass_id}: {c.found} events found in {c.pages} pages, "
@@ -342,19 +282,17 @@ def rebuild(name: str) -> None:
     without stopping reads; a rebuild that was killed resumes where it stopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from service.db.engine import create_engine
     from service.projections.rebuild import Progress as RebuildProgress
     from service.projections.rebuild import RebuildBusy
     from service.projections.rebuild import rebuild as rebuild_projection
-    from service.projections.runner import PROJECTIONS
+    from service.store.projections.registry import PROJECTIONS
 
     if name != "all" and name not in PROJECTIONS:
         _fail(f"no projection named {name!r}; known are {', '.join(PROJECTIONS)}, all")
     names = list(PROJECTIONS) if name == "all" else [name]
     url = database_url(load_settings(check=False))
 
-    async def run() -> list[RebuildProgress]:
-        engine = create_engine(url, pool_size=2)
+    async def rebuild_all(engine: AsyncEngine) -> list[RebuildProgress]:
         results = []
         try:
             with Progress(
@@ -376,10 +314,8 @@ def rebuild(name: str) -> None:
             return results
         except RebuildBusy as exc:
             _fail(str(exc))
-        finally:
-            await engine.dispose()
 
-    for result in run_async(run()):
+    for result in run_with_engine(url, rebuild_all, pool_size=2):
         resumed = f" (resumed from {result.resumed_from})" if result.resumed_from else ""
         click.echo(f"{result.projection}: rebuilt from {result.done} journal events{resumed}")
 
@@ -399,27 +335,22 @@ def verify(show_head: bool, expect_head: str | None, as_json: bool) -> None:
     """
     import msgspec
 
-    from service.audit.seals import head
-    from service.audit.verify import problem_lines
-    from service.audit.verify import verify as verify_chain
-    from service.db.engine import create_engine
+    from service.audit.report import problem_lines
+    from service.store.audit.seals import head
+    from service.store.audit.verify import verify as verify_chain
 
     settings = load_settings(check=False)
     url = database_url(settings)
     if expect_head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expect_head):
         raise click.BadParameter("must be a 64-digit hex SHA-256", param_hint="--expect-head")
 
-    async def run() -> Any:
-        engine = create_engine(url, pool_size=1)
-        try:
-            if show_head:
-                async with engine.connect() as conn:
-                    return await head(conn)
-            return await verify_chain(engine, settings, expect_head=expect_head)
-        finally:
-            await engine.dispose()
+    async def check(engine: AsyncEngine) -> Any:
+        if show_head:
+            async with engine.connect() as conn:
+                return await head(conn)
+        return await verify_chain(engine, settings, expect_head=expect_head)
 
-    result = run_async(run())
+    result = run_with_engine(url, check)
     if show_head:
         if result is None:
             _fail("no seals yet: the journal has not been sealed")
@@ -455,18 +386,16 @@ def verify(show_head: bool, expect_head: str | None, as_json: bool) -> None:
 def export(
     since: datetime, until: datetime, identity_id: str | None, form: str, output: str | None
 ) -> None:
-    """Export events with their evidence (see README "Audit trail"), streamed; to -o or stdout."""
-    from service.audit.export import ExportQuery
-    from service.audit.export import export as export_events
-    from service.db.engine import create_engine
+    """Export events with their evidence (see docs/audit.md), streamed; to -o or stdout."""
+    from service.store.audit.export import ExportQuery
+    from service.store.audit.export import export as export_events
 
     if until <= since:
         raise click.BadParameter("must be later than --since", param_hint="--until")
     url = database_url(load_settings(check=False))
     query = ExportQuery(since=since, until=until, identity_id=identity_id, format=form)
 
-    async def run() -> None:
-        engine = create_engine(url, pool_size=1)
+    async def write(engine: AsyncEngine) -> None:
         sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115, ASYNC230
         try:
             async for chunk in export_events(engine, query):
@@ -475,10 +404,9 @@ def export(
         finally:
             if output:
                 sink.close()
-            await engine.dispose()
 
     try:
-        run_async(run())
+        run_with_engine(url, write)
     except OSError as exc:
         _fail(f"cannot write the export: {exc.strerror or exc}")
 
@@ -493,21 +421,12 @@ def export(
     help="Remove test events whose event time is older than this many days.",
 )
 def prune(days: int) -> None:
-    """Remove old test events, through the audited path (README "Audit trail"); nothing else
+    """Remove old test events, through the audited path (docs/audit.md); nothing else
     is ever deleted."""
-    from service.audit.prune import prune_test_events
-    from service.db.engine import create_engine
+    from service.store.audit.prune import prune_test_events
 
     url = database_url(load_settings(check=False))
-
-    async def run() -> Any:
-        engine = create_engine(url, pool_size=1)
-        try:
-            return await prune_test_events(engine, days)
-        finally:
-            await engine.dispose()
-
-    result = run_async(run())
+    result = run_with_engine(url, lambda engine: prune_test_events(engine, days))
     ids = ", ".join(str(i) for i in result.prune_ids) or "none"
     click.echo(
         f"pruned {result.events} test events ({result.journal_rows} journal rows) with event "
@@ -524,21 +443,14 @@ def prune(days: int) -> None:
 @cli.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
-    from service.db.engine import create_engine
     from service.db.migrations import current_revision, upgrade
 
-    settings = load_settings(check=False)
-    url = database_url(settings)
+    async def upgrade_to_head(engine: AsyncEngine) -> str | None:
+        await upgrade(engine)
+        return await current_revision(engine)
 
-    async def run() -> str | None:
-        engine = create_engine(url, pool_size=1)
-        try:
-            await upgrade(engine)
-            return await current_revision(engine)
-        finally:
-            await engine.dispose()
-
-    click.echo(f"database at revision {asyncio.run(run())}")
+    revision = run_with_engine(database_url(load_settings(check=False)), upgrade_to_head)
+    click.echo(f"database at revision {revision}")
 
 
 def _register_simulate() -> None:

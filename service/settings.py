@@ -95,7 +95,7 @@ class Settings:
     seal_interval_s: float = 5.0
     audit_max_unsealed_age_s: int = 3600
 
-    # Hardening (README "Security"): failed-authentication throttle and the HTTP server's limits.
+    # Hardening (docs/security.md): failed-authentication throttle and the HTTP server's limits.
     auth_failure_limit: int = 20
     auth_failure_window_s: int = 60
     trusted_proxies: tuple[str, ...] = ()

@@ -16,8 +16,8 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The canonical row hash (README "Audit trail"), written out here rather than imported: a
-# migration must keep meaning what it meant when it ran. service/audit/canonical.py holds the
+# The canonical row hash (docs/audit.md), written out here rather than imported: a
+# migration must keep meaning what it meant when it ran. service/store/audit/canonical.py holds the
 # same expression, and a test checks the two against a Python implementation.
 _OLD_ROW_HASH = """sha256(convert_to(
     OLD.position::text || E'\\n' || OLD.event_id::text || E'\\n' || OLD.kind || E'\\n'

@@ -7,16 +7,15 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, get, post
-from litestar.datastructures import State
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.jobs.runner import get_job
+from service.store.console import event_status
 from service.store.fetch_queue import make_due
-from service.store.tables import events
+from service.store.jobs import get_job
 from service.web.auth import require_admin
 from service.web.openapi import problem
 from service.web.problems import Problem
@@ -45,8 +44,9 @@ class AdminController(Controller):
     guards = [require_admin]
 
     @get("/jobs/{job_id:uuid}", summary="A job's state and progress")
-    async def job(self, request: Request[Any, Any, State], job_id: FromPath[uuid.UUID]) -> JobView:
-        engine: AsyncEngine = request.app.state.engine
+    async def job(
+        self, engine: NamedDependency[AsyncEngine], job_id: FromPath[uuid.UUID]
+    ) -> JobView:
         async with engine.connect() as conn:
             found = await get_job(conn, job_id)
         if found is None:
@@ -60,11 +60,10 @@ class AdminController(Controller):
         responses={409: problem("The event is already fetched.")},
     )
     async def refetch(
-        self, request: Request[Any, Any, State], event_id: FromPath[uuid.UUID]
+        self, engine: NamedDependency[AsyncEngine], event_id: FromPath[uuid.UUID]
     ) -> Refetch:
-        engine: AsyncEngine = request.app.state.engine
         async with engine.begin() as conn:
-            status = await conn.scalar(select(events.c.status).where(events.c.event_id == event_id))
+            status = await event_status(conn, event_id)
             if status is None:
                 raise NotFoundException(f"no event with id {event_id}")
             if status == "fetched":

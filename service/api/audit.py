@@ -13,6 +13,7 @@ from typing import Any
 
 from litestar import Controller, Request, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi.spec import (
     OpenAPIFormat,
     OpenAPIMediaType,
@@ -25,12 +26,12 @@ from litestar.openapi.spec import (
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.events import MAX_VALUE_LENGTH, _parse_identity_id, _parse_time
-from service.audit.export import FORMATS, ExportQuery, export
-from service.audit.verify import verify
 from service.settings import Settings
+from service.store.audit.export import FORMATS, ExportQuery, export
+from service.store.audit.verify import verify
 from service.web.auth import require_read
 from service.web.problems import PROBLEM_JSON, InvalidParameter
+from service.web.query import MAX_VALUE_LENGTH, parse_identity_id, parse_time
 
 EXPORT_PARAMETERS = ("since", "until", "identity_id", "format")
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
@@ -75,7 +76,7 @@ class ExportOperation(Operation):
             "200": OpenAPIResponse(
                 description=(
                     "The records, streamed: one per event, then a trailer record "
-                    "(see the README's Audit trail section)."
+                    "(see docs/audit.md in the project)."
                 ),
                 content={"application/x-ndjson": text, "text/csv": text},
             ),
@@ -102,8 +103,8 @@ def parse_export_query(request: Request[Any, Any, State]) -> ExportQuery:
             raise InvalidParameter(name, "given more than once")
         return values[0] if values else None
 
-    since = _parse_time("since", single("since"))
-    until = _parse_time("until", single("until"))
+    since = parse_time("since", single("since"))
+    until = parse_time("until", single("until"))
     if since is not None and until is not None and until <= since:
         raise InvalidParameter("until", "must be later than since")
     form = single("format")
@@ -114,7 +115,7 @@ def parse_export_query(request: Request[Any, Any, State]) -> ExportQuery:
     return ExportQuery(
         since=since,
         until=until,
-        identity_id=_parse_identity_id(single("identity_id")),
+        identity_id=parse_identity_id(single("identity_id")),
         format=form,
     )
 
@@ -133,11 +134,14 @@ class AuditController(Controller):
             "AUDIT_MAX_UNSEALED_AGE_S. The run is recorded."
         ),
     )
-    async def verify_chain(self, request: Request[Any, Any, State]) -> dict[str, Any]:
+    async def verify_chain(
+        self,
+        request: Request[Any, Any, State],
+        engine: NamedDependency[AsyncEngine],
+        settings: NamedDependency[Settings],
+    ) -> dict[str, Any]:
         if request.query_params:
             raise InvalidParameter(next(iter(request.query_params)), "takes no parameters")
-        settings: Settings = request.app.state.settings
-        engine: AsyncEngine = request.app.state.engine
         report = await verify(engine, settings)
         return report.as_dict()
 
@@ -152,9 +156,10 @@ class AuditController(Controller):
         ),
         operation_class=ExportOperation,
     )
-    async def export_events(self, request: Request[Any, Any, State]) -> Stream:
+    async def export_events(
+        self, request: Request[Any, Any, State], engine: NamedDependency[AsyncEngine]
+    ) -> Stream:
         query = parse_export_query(request)
-        engine: AsyncEngine = request.app.state.engine
         return Stream(
             export(engine, query),
             media_type=MEDIA_TYPES[query.format],

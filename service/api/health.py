@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, get
-from litestar.datastructures import State
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db.migrations import head_revision
-from service.projections.runner import lag as projection_lag
+from service.db.migrations import head_revision, revision_of
+from service.db.outages import STORE_ERRORS
 from service.settings import Settings
 from service.store.fetch_queue import fetch_backlog
+from service.store.projections.checkpoints import lag as projection_lag
 
 
 class Live(msgspec.Struct, frozen=True):
@@ -45,9 +43,6 @@ class ProjectionLag(msgspec.Struct, frozen=True):
     ok: bool
 
 
-_REVISION = text("SELECT version_num FROM alembic_version LIMIT 1")
-
-
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
@@ -67,19 +62,19 @@ class HealthController(Controller):
             )
         },
     )
-    async def ready(self, request: Request[Any, Any, State]) -> Response[Ready]:
-        engine: AsyncEngine = request.app.state.engine
+    async def ready(
+        self, engine: NamedDependency[AsyncEngine], settings: NamedDependency[Settings]
+    ) -> Response[Ready]:
         try:
             async with asyncio.timeout(3), engine.connect() as conn:
-                migrated = await conn.scalar(text("SELECT to_regclass('alembic_version')"))
-                if migrated is None:
+                revision = await revision_of(conn)
+                if revision is None:
                     return Response(Ready("not_ready", "ok", "behind"), status_code=503)
-                current = await conn.scalar(_REVISION) == head_revision()
+                current = revision == head_revision()
                 backlog = await fetch_backlog(conn)
                 lags = await projection_lag(conn) if current else []
-        except (SQLAlchemyError, OSError, TimeoutError):
+        except STORE_ERRORS:
             return Response(Ready("not_ready", "unreachable", "unknown"), status_code=503)
-        settings: Settings = request.app.state.settings
         projections = [
             ProjectionLag(
                 p.name,

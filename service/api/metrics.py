@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Request, Response, get
-from litestar.datastructures import State
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,8 +19,7 @@ class MetricsController(Controller):
     guards = [require_read]
 
     @get(summary="Prometheus metrics (read token)", media_type=CONTENT_TYPE_LATEST)
-    async def metrics(self, request: Request[Any, Any, State]) -> Response[bytes]:
-        engine: AsyncEngine = request.app.state.engine
+    async def metrics(self, engine: NamedDependency[AsyncEngine]) -> Response[bytes]:
         try:
             async with engine.connect() as conn:
                 backlog = await fetch_backlog(conn)

@@ -9,16 +9,15 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
 from litestar.params import FromPath, FromQuery
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.notification import EventType
-from service.jobs.runner import create_job
-from service.reconciling.reconciler import PASS_COLUMNS, recent_passes
-from service.store.tables import reconcile_missed, reconcile_passes
+from service.store.jobs import create_job
+from service.store.reconcile import get_pass, missed_in_pass, recent_passes
 from service.web.auth import require_admin
 from service.web.openapi import problem, request_body_operation
 from service.web.problems import InvalidParameter, Problem
@@ -105,7 +104,9 @@ class ReconciliationController(Controller):
             "application/json", _BACKFILL_SCHEMA, "The window and types to list."
         ),
     )
-    async def backfill(self, request: Request[Any, Any, State]) -> Response[JobStarted]:
+    async def backfill(
+        self, request: Request[Any, Any, State], engine: NamedDependency[AsyncEngine]
+    ) -> Response[JobStarted]:
         try:
             wanted = _decoder.decode(await request.body())
         except msgspec.ValidationError as exc:
@@ -127,7 +128,6 @@ class ReconciliationController(Controller):
                 raise InvalidParameter(name, "must be RFC 3339 with an offset (e.g. Z)")
         if wanted.until <= wanted.since:
             raise InvalidParameter("until", "must be later than since")
-        engine: AsyncEngine = request.app.state.engine
         async with engine.begin() as conn:
             job_id = await create_job(
                 conn,
@@ -143,36 +143,22 @@ class ReconciliationController(Controller):
 
     @get("/reconciliation", summary="Past List Events passes with their counts, newest first")
     async def passes(
-        self, request: Request[Any, Any, State], limit: FromQuery[int] = 20
+        self, engine: NamedDependency[AsyncEngine], limit: FromQuery[int] = 20
     ) -> PassList:
         if not 1 <= limit <= 500:
             raise InvalidParameter("limit", "must be from 1 to 500")
-        engine: AsyncEngine = request.app.state.engine
         async with engine.connect() as conn:
             return PassList([PassView(**row) for row in await recent_passes(conn, limit)])
 
     @get("/reconciliation/{pass_id:int}", summary="One pass and the missed webhooks it found")
     async def one_pass(
-        self, request: Request[Any, Any, State], pass_id: FromPath[int]
+        self, engine: NamedDependency[AsyncEngine], pass_id: FromPath[int]
     ) -> PassDetail:
         if not 1 <= pass_id <= _MAX_BIGINT:  # beyond the column's range: no such pass
             raise NotFoundException(f"no reconciliation pass {pass_id}")
-        engine: AsyncEngine = request.app.state.engine
         async with engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(*PASS_COLUMNS).where(reconcile_passes.c.pass_id == pass_id)
-                )
-            ).one_or_none()
+            row = await get_pass(conn, pass_id)
             if row is None:
                 raise NotFoundException(f"no reconciliation pass {pass_id}")
-            missed = await conn.execute(
-                select(
-                    reconcile_missed.c.event_id,
-                    reconcile_missed.c.type,
-                    reconcile_missed.c.created_at,
-                )
-                .where(reconcile_missed.c.pass_id == pass_id)
-                .order_by(reconcile_missed.c.created_at, reconcile_missed.c.event_id)
-            )
-            return PassDetail(PassView(**row._mapping), [Missed(**m._mapping) for m in missed])
+            missed = await missed_in_pass(conn, pass_id)
+            return PassDetail(PassView(**row), [Missed(**m) for m in missed])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+
 import msgspec
 
 from service.domain.stored import Event
@@ -10,3 +13,74 @@ from service.domain.stored import Event
 class EventPage(msgspec.Struct, frozen=True):
     items: list[Event]
     next_cursor: str | None
+
+
+class KycRefresh(msgspec.Struct, frozen=True):
+    state: str | None  # started | completed | expired, from the newest KYC-refresh event
+    last_refresh_at: str | None
+    next_refresh_at: str | None
+
+
+class Control(msgspec.Struct, frozen=True):
+    control_id: str
+    control_type: str | None
+    set_by: str | None
+    is_overridable: bool | None
+    reason_code: str | None
+    created_at: str  # Paxos's created_at of the event that set it, as Paxos wrote it
+
+
+class Identity(msgspec.Struct, frozen=True):
+    identity_id: str
+    summary_status: str | None
+    required_documents: list[str]
+    kyc_refresh: KycRefresh
+    controls: list[Control]
+    last_event_id: uuid.UUID
+    last_event_type: str
+    last_event_time: str  # RFC 3339 as Paxos wrote it (nanoseconds kept)
+    events_count: int
+    updated_at: datetime
+
+
+class IdentityPage(msgspec.Struct, frozen=True):
+    items: list[Identity]
+    next_cursor: str | None
+
+
+class Transfer(msgspec.Struct, frozen=True):
+    transfer_id: str
+    type: str | None
+    status: str | None
+    profile_id: str | None
+    ref_id: str | None
+    crypto_network: str | None
+    crypto_tx_hash: str | None
+    crypto_tx_index: str | None
+    memo: str | None
+    last_event_id: uuid.UUID
+    last_event_type: str
+    last_event_time: str
+    events_count: int
+    updated_at: datetime
+
+
+class TransferPage(msgspec.Struct, frozen=True):
+    items: list[Transfer]
+    next_cursor: str | None
+
+
+class Orchestration(msgspec.Struct, frozen=True):
+    orchestration_id: str
+    status: str | None
+    ref_id: str | None
+    orchestration_rule_id: str | None
+    last_event_id: uuid.UUID
+    last_event_type: str
+    last_event_time: str
+    events_count: int
+    updated_at: datetime
+
+
+class RebuildStarted(msgspec.Struct, frozen=True):
+    job_id: uuid.UUID

@@ -1,1 +1,2 @@
-"""The tamper-evident audit trail: seals over the journal, verification, exports, pruning."""
+"""The tamper-evident audit trail: the background sealer and report formatting (statements:
+service.store.audit)."""

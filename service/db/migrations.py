@@ -9,10 +9,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -43,6 +44,14 @@ async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
     async with engine.connect() as conn:
         await conn.run_sync(lambda c: command.downgrade(alembic_config(c), revision))
         await conn.commit()
+
+
+async def revision_of(conn: AsyncConnection) -> str | None:
+    """The revision the database behind `conn` is at, or None before the first migration."""
+    if await conn.scalar(text("SELECT to_regclass('alembic_version')")) is None:
+        return None
+    revision = await conn.scalar(text("SELECT version_num FROM alembic_version LIMIT 1"))
+    return str(revision) if revision is not None else None
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

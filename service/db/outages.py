@@ -1,24 +1,37 @@
-"""A background loop's spells without the database: said once, with a pause between tries.
+"""The database being away: how to tell it from a bug, and a loop's spells without it.
+
+`STORE_ERRORS` are the exceptions that may mean the database is away; `is_store_outage` says
+whether one does (an HTTP answer is then 503, so the client retries) or is a bug (500).
 
 The fetcher, the projector, the sealer and the job runner each poll the database; while it is
-away each try fails the same way. One warning when a spell starts says so (a line per try
-would bury the log), one line when it ends says it is over, and the pause between tries
-doubles up to a cap, so a loop is back within the cap of the database's return without
+away each try fails the same way (`Outage`). One warning when a spell starts says so (a line
+per try would bury the log), one line when it ends says it is over, and the pause between
+tries doubles up to a cap, so a loop is back within the cap of the database's return without
 hammering it meanwhile.
 """
 
 from __future__ import annotations
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service.db.batching import describe
 
 log = structlog.get_logger(__name__)
 
-# What "the database is away" looks like to a loop: the driver's and SQLAlchemy's errors, a
-# refused or cut connection, a connect that timed out.
+# What "the database is away" may look like: the driver's and SQLAlchemy's errors, a refused
+# or cut connection, a connect that timed out. A loop retries on any of them (a bug in a
+# statement only repeats, and is logged); an HTTP answer asks `is_store_outage` first.
 STORE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    """Whether `exc` means the database could not be reached (connection refused or lost, pool
+    exhausted, a timeout) rather than a bug in a statement."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, PoolTimeout | OSError | TimeoutError)
 
 
 class Outage:

@@ -1,10 +1,15 @@
-"""Running the CLI's async commands: on uvloop when it is installed (it is, with uvicorn)."""
+"""How a command runs its async work: one event loop (uvloop), one engine, always disposed."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    # The CLI imports this module at start: SQLAlchemy is loaded only by commands that use it.
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 
@@ -17,3 +22,27 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+@asynccontextmanager
+async def opened_engine(url: str, *, pool_size: int = 1) -> AsyncIterator[AsyncEngine]:
+    """An engine on `url` for the length of a block, disposed however the block ends."""
+    from service.db.engine import create_engine
+
+    engine = create_engine(url, pool_size=pool_size)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def run_with_engine(
+    url: str, work: Callable[[AsyncEngine], Awaitable[T]], *, pool_size: int = 1
+) -> T:
+    """Run `work(engine)` to completion on a fresh loop with an engine of its own."""
+
+    async def main() -> T:
+        async with opened_engine(url, pool_size=pool_size) as engine:
+            return await work(engine)
+
+    return run(main())

@@ -3,7 +3,8 @@
 Paxos promises no delivery order, so every projection orders events by their own
 `created_at` (to the nanosecond), ties broken by event id, and applies an event to a field
 only when it is newer than the event that set the field. `time_ns` turns `created_at` into an
-integer with the same arithmetic as the SQL in `sql.py`, so the two can never disagree.
+integer with the same arithmetic as the SQL in `store/projections/fold.py`, so the two can
+never disagree.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import msgspec
 
 # RFC 3339 as Paxos writes it: up to 9 fractional digits (more are cut, as Paxos's own
-# sort would), `Z` or a numeric offset. `sql._EXTRACT` makes the same checks without a regex.
+# sort would), `Z` or a numeric offset. `fold._EXTRACT` makes the same checks without a regex.
 _TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
     r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
@@ -23,7 +24,7 @@ _TIME = re.compile(
 NS = 1_000_000_000
 # RFC 3339's range of each field (the year's: nanoseconds since the epoch must fit the
 # database's bigint). Beyond them a time could overflow that bigint and stop the projection.
-# The SQL twin (`sql._EXTRACT`) checks the same table.
+# The SQL twin (`fold._EXTRACT`) checks the same table.
 FIELD_RANGES = {
     "year": (1678, 2261),
     "month": (1, 12),

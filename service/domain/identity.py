@@ -1,12 +1,13 @@
 """The identities projection, as a pure fold: `apply(state, event) -> state` (no I/O).
 
-This is the specification `sql.py` implements set-based; a property test checks that the two
-agree for any events in any order and batching. DESIGN.md §3: `summary_status` is the
-`new_summary_status` of the newest status change; `required_documents` comes from the newest
-`identity.documents_required`; `kyc_refresh.state` is `started`, `completed` or `expired` from
-the newest KYC-refresh event (its dates too); `controls` are those whose newest event is a
-`created`; "newest" is by Paxos `created_at`, ties broken by event id. Each field group keeps
-the key of the event that set it, so an older event arriving late changes nothing.
+This is the specification `store/projections/fold.py` implements set-based; a property test
+checks that the two agree for any events in any order and batching. DESIGN.md §3:
+`summary_status` is the `new_summary_status` of the newest status change;
+`required_documents` comes from the newest `identity.documents_required`; `kyc_refresh.state`
+is `started`, `completed` or `expired` from the newest KYC-refresh event (its dates too);
+`controls` are those whose newest event is a `created`; "newest" is by Paxos `created_at`,
+ties broken by event id. Each field group keeps the key of the event that set it, so an older
+event arriving late changes nothing.
 """
 
 from __future__ import annotations

@@ -27,3 +27,10 @@ class Fetched:
 
     event: PaxosEvent
     raw: str
+
+
+def identity_id_of(fetched: Fetched) -> str | None:
+    """The identity an event is about, when its object names one."""
+    obj = fetched.event.object or {}
+    value = obj.get("identity_id")
+    return value if isinstance(value, str) and value else None

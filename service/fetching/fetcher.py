@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.db.batching import CommitFailed, GroupWriter
 from service.db.notify import FETCHED_CHANNEL, Waker
 from service.db.outages import STORE_ERRORS, Outage
-from service.domain.paxos_event import Fetched
+from service.domain.paxos_event import Fetched, identity_id_of
 from service.paxos.client import (
     PaxosBadRequest,
     PaxosClient,
@@ -43,6 +43,8 @@ from service.store.fetch_queue import (
 from service.telemetry import metrics
 
 log = structlog.get_logger(__name__)
+
+FETCH_POLL_S = 1.0  # how often to look for due work when no NOTIFY woke the loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +92,6 @@ def decide(
     return RetryOutcome(claim.event_id, delay, reason)
 
 
-def identity_id_of(fetched: Fetched) -> str | None:
-    """The identity an event is about, when its object names one."""
-    obj = fetched.event.object or {}
-    value = obj.get("identity_id")
-    return value if isinstance(value, str) and value else None
-
-
 def check_matches(claim: Claim, fetched: Fetched) -> str | None:
     """Why the fetched event is not the one the notification announced, or None."""
     got = fetched.event
@@ -121,7 +116,7 @@ class Fetcher:
         policy: RetryPolicy | None = None,
         concurrency: int = 32,
         lease_s: float = 60.0,
-        poll_s: float = 1.0,
+        poll_s: float = FETCH_POLL_S,
         rng: random.Random | None = None,
     ) -> None:
         self._engine = engine
@@ -268,5 +263,5 @@ def _report(
     else:
         kind = "rate_limited" if isinstance(error, PaxosRateLimited) else "retry"
         metrics.FETCHES.labels(outcome=kind).inc()
-        assert isinstance(outcome, RetryOutcome)
-        log_.info("fetch will be retried", reason=str(error), in_s=round(outcome.delay_s, 1))
+        delay_s = outcome.delay_s if isinstance(outcome, RetryOutcome) else None
+        log_.info("fetch will be retried", reason=str(error), in_s=delay_s and round(delay_s, 1))

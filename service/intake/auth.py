@@ -7,39 +7,20 @@ constant time and never logged or echoed.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.settings import Settings, WebhookAuth
+from service.web.auth import matches_any
 from service.web.problems import Unauthenticated
 
 
 class Authenticator(Protocol):
     async def authenticate(self, headers: Mapping[str, str]) -> None:
         """Return if the sender is authentic; raise `Unauthenticated` otherwise."""
-
-
-def matches_any(candidate: str, secrets: Iterable[str]) -> bool:
-    """True if `candidate` equals one of `secrets`, in time independent of where they differ.
-
-    Every secret is compared (no early exit), so timing does not tell which one matched.
-    """
-    given = candidate.encode()
-    found = False
-    for secret in secrets:
-        found |= hmac.compare_digest(given, secret.encode())
-    return found
-
-
-def bearer_token(headers: Mapping[str, str]) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None."""
-    value = headers.get("authorization")
-    if not value:
-        return None
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 class ApiKeyAuthenticator:
@@ -65,3 +46,27 @@ class OpenAuthenticator:
 
     async def authenticate(self, headers: Mapping[str, str]) -> None:
         return None
+
+
+async def build_authenticator(
+    settings: Settings, engine: AsyncEngine, client: httpx.AsyncClient
+) -> Authenticator:
+    """The webhook authenticator that `WEBHOOK_AUTH` names."""
+    match settings.webhook_auth:
+        case WebhookAuth.API_KEY:
+            return ApiKeyAuthenticator(settings.webhook_api_key_header, settings.webhook_api_keys)
+        case WebhookAuth.OAUTH:
+            from service.intake.oauth import OAuthTokenAuthenticator, load_signing_key
+
+            return OAuthTokenAuthenticator(await load_signing_key(engine))
+        case WebhookAuth.JWT:
+            from service.intake.jwt import JwtAuthenticator
+
+            return JwtAuthenticator(
+                jwks_url=settings.webhook_jwt_jwks_url or "",
+                issuer=settings.webhook_jwt_issuer or "",
+                audience=settings.webhook_jwt_audience or "",
+                client=client,
+            )
+        case WebhookAuth.NONE:
+            return OpenAuthenticator()

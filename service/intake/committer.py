@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.db.batching import CommitFailed, GroupWriter
 from service.db.notify import PENDING_CHANNEL, Waker
 from service.domain.notification import Notification
-from service.store.intake import Received, record_notifications
+from service.store.intake import Received, prefer_generic_plans, record_notifications
 
 __all__ = ["CommitFailed", "GroupCommitter"]
 
@@ -34,12 +34,6 @@ async def _record(conn: AsyncConnection, items: Sequence[Item]) -> list[bool]:
     return outcome
 
 
-async def _generic_plans(conn: AsyncConnection) -> None:
-    # The intake statement's plan never depends on its values; Postgres would otherwise plan
-    # it anew for each batch (measured: planning took as long as running it).
-    await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
-
-
 class GroupCommitter:
     """Stores notifications durably; `submit` answers only after the commit."""
 
@@ -51,7 +45,7 @@ class GroupCommitter:
             writers=committers,
             max_batch=max_batch,
             single_statement=True,
-            prepare=_generic_plans,
+            prepare=prefer_generic_plans,
         )
         self._pending = Waker(engine, PENDING_CHANNEL)
 

@@ -25,7 +25,7 @@ import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
-from service.intake.auth import bearer_token
+from service.web.auth import bearer_token
 from service.web.problems import Problem, Unauthenticated
 
 log = structlog.get_logger(__name__)

@@ -22,15 +22,16 @@ import msgspec
 import structlog
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.exceptions import InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.intake.auth import bearer_token, matches_any
 from service.settings import Settings, WebhookAuth
 from service.store.keys import load_service_key
+from service.web.auth import bearer_token, matches_any
 from service.web.openapi import problem, request_body_operation
 from service.web.problems import Problem, Unauthenticated
 
@@ -256,9 +257,10 @@ class OAuthTokenController(Controller):
         },
         operation_class=request_body_operation(_FORM, _TOKEN_REQUEST_SCHEMA, "RFC 6749 §4.4.2."),
     )
-    async def issue_token(self, request: Request[Any, Any, State]) -> Response[bytes]:
+    async def issue_token(
+        self, request: Request[Any, Any, State], settings: NamedDependency[Settings]
+    ) -> Response[bytes]:
         """Check the client and answer a token, or an RFC 6749 error; never echo a secret."""
-        settings: Settings = request.app.state.settings
         authenticator = request.app.state.get("authenticator")
         if settings.webhook_auth is not WebhookAuth.OAUTH or not isinstance(
             authenticator, OAuthTokenAuthenticator

@@ -28,9 +28,11 @@ from typing import Any, Literal
 import httpx
 import msgspec
 import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.paxos_event import Fetched, PaxosEvent
 from service.paxos.ratelimit import RateLimiter
+from service.settings import Settings
 from service.telemetry import metrics
 
 log = structlog.get_logger(__name__)
@@ -240,7 +242,7 @@ class PaxosClient:
     ) -> None:
         self._http = http
         self._api_url = api_url.rstrip("/")
-        self._tokens = tokens
+        self.tokens = tokens
         self.limiter = limiter
         self._timeout = timeout
         # A call takes its rate-limit permit only once a connection is free for it. With the
@@ -323,7 +325,7 @@ class PaxosClient:
         # One refresh and one retry when Paxos refuses a token it gave us (it may have been
         # revoked or expired early).
         for attempt in (1, 2):
-            token = await self._tokens.token()
+            token = await self.tokens.token()
             try:
                 async with self._connections:
                     await self.limiter.acquire()
@@ -336,7 +338,7 @@ class PaxosClient:
             except httpx.HTTPError as exc:
                 raise PaxosUnavailable(f"GET {path}: {_transport_failure(exc)}") from None
             if response.status_code == 401 and attempt == 1:
-                self._tokens.invalidate(token)
+                self.tokens.invalidate(token)
                 continue
             if response.status_code == 429:
                 error = _error_from(response, f"GET {path}")
@@ -398,3 +400,28 @@ def _error_from(response: httpx.Response, what: str) -> PaxosError:
     }
     kind = kinds.get(status) or (PaxosServerError if status >= 500 else PaxosBadRequest)
     return kind(message, status=status, detail=detail, retry_after=_retry_after(response))
+
+
+def build_client(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient) -> PaxosClient:
+    """The Paxos client, with the deployment-wide limits on API calls and token requests."""
+    tokens = TokenProvider(
+        http=http,
+        token_url=settings.paxos_token_url,
+        client_id=settings.paxos_client_id or "",
+        client_secret=settings.paxos_client_secret or "",
+        scope=settings.paxos_scope,
+        # Paxos allows one token request per second; the whole deployment shares it. 0.9/s
+        # leaves 100 ms for a request that leaves one process late to still arrive more than
+        # a second after another's (tokens are needed about once an hour: it costs nothing).
+        limiter=RateLimiter(engine, "paxos_token", 0.9),
+    )
+    limiter = RateLimiter(engine, "paxos_api", settings.paxos_api_rps)
+    timeout = httpx.Timeout(settings.paxos_timeout_s, connect=min(5.0, settings.paxos_timeout_s))
+    return PaxosClient(
+        http,
+        settings.paxos_api_url,
+        tokens,
+        limiter,
+        timeout=timeout,
+        connections=settings.paxos_max_connections,
+    )

@@ -17,9 +17,9 @@ import collections
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.store.ratelimit import create_limit, pause_limit, take_permits
 from service.telemetry import metrics
 
 # Permits may be booked this far ahead of the database's clock; a caller asking for more
@@ -32,37 +32,6 @@ SAFETY = 0.96
 # later (a stalled event loop, a grant whose answer came back slowly) is dropped and another
 # taken, rather than used in a bunch with the permits after it.
 LATE_S = (1 / SAFETY - 1) / 2
-
-_TAKE = text(
-    """
-    WITH now AS (SELECT clock_timestamp() AS t),
-    taken AS (
-        UPDATE rate_limits r
-        SET tat = greatest(r.tat, now.t) + :n * make_interval(secs => :interval)
-        FROM now
-        WHERE r.name = :name
-          AND (r.paused_until IS NULL OR r.paused_until <= now.t)
-          AND greatest(r.tat, now.t) - now.t <= make_interval(secs => :horizon)
-        RETURNING extract(epoch FROM greatest(r.tat, now.t) - now.t
-                          - :n * make_interval(secs => :interval)) AS first_in
-    )
-    SELECT (SELECT first_in FROM taken) AS first_in,
-           extract(epoch FROM (SELECT t FROM now)) AS db_now,
-           (SELECT extract(epoch FROM greatest(r.tat, r.paused_until, now.t) - now.t)
-              FROM rate_limits r, now WHERE r.name = :name) AS wait
-    """
-)
-
-_CREATE = text("INSERT INTO rate_limits (name) VALUES (:name) ON CONFLICT (name) DO NOTHING")
-
-_PAUSE = text(
-    """
-    INSERT INTO rate_limits (name, paused_until)
-    VALUES (:name, clock_timestamp() + make_interval(secs => :seconds))
-    ON CONFLICT (name) DO UPDATE
-    SET paused_until = greatest(rate_limits.paused_until, excluded.paused_until)
-    """
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,28 +92,18 @@ class RateLimiter:
         while True:
             async with self._engine.begin() as conn:
                 sent = time.monotonic()
-                row = (
-                    await conn.execute(
-                        _TAKE,
-                        {
-                            "name": self.name,
-                            "n": n,
-                            "interval": self.interval,
-                            "horizon": HORIZON_S,
-                        },
-                    )
-                ).one()
-                self._clock.observe(sent, time.monotonic(), float(row.db_now))
-            if row.first_in is not None:
-                first = self._clock.local(float(row.db_now) + max(0.0, float(row.first_in)))
+                taken = await take_permits(conn, self.name, n, self.interval, HORIZON_S)
+                self._clock.observe(sent, time.monotonic(), taken.db_now)
+            if taken.first_in is not None:
+                first = self._clock.local(taken.db_now + max(0.0, taken.first_in))
                 return Grant(n, first, self.interval)
-            if row.wait is None:  # the first call of the deployment: the row is not there yet
+            if taken.wait is None:  # the first call of the deployment: the row is not there yet
                 async with self._engine.begin() as conn:
-                    await conn.execute(_CREATE, {"name": self.name})
+                    await create_limit(conn, self.name)
                 continue
             metrics.RATE_LIMIT_WAITS.inc()
             # Sleep until the booked-ahead window has room again (or the pause ends).
-            await asyncio.sleep(max(0.01, float(row.wait or 0) - HORIZON_S + self.interval))
+            await asyncio.sleep(max(0.01, (taken.wait or 0.0) - HORIZON_S + self.interval))
 
     async def acquire(self) -> float:
         """Wait for one permit and its start time; return that time (time.monotonic()).
@@ -181,7 +140,7 @@ class RateLimiter:
         """Stop every process's calls for `seconds` (Paxos said 429)."""
         self._slots.clear()  # slots booked before the pause would fall inside it
         async with self._engine.begin() as conn:
-            await conn.execute(_PAUSE, {"name": self.name, "seconds": seconds})
+            await pause_limit(conn, self.name, seconds)
 
 
 async def sleep_until(moment: float) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.jobs.runner import Handler, Job
 from service.projections.rebuild import Progress, rebuild
-from service.projections.runner import PROJECTIONS
+from service.store.jobs import Handler, Job
+from service.store.projections.registry import PROJECTIONS
 
 
 def rebuild_job(engine: AsyncEngine) -> Handler:

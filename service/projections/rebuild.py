@@ -3,7 +3,7 @@
 1. Staging: every journal `event` row below the horizon (`pg_snapshot_xmin` when the staging
    is planned: every transaction before it has ended, so the rows below it are all there is,
    and they lie in the heap blocks the journal had then) goes through the runner's extract
-   (`sql.stage_statement`) into an unlogged staging table, `<name>_rebuild_facts`. The plan
+   (`fold.stage_statement`) into an unlogged staging table, `<name>_rebuild_facts`. The plan
    (horizon, blocks, the journal's filenode) is kept in `<name>_rebuild_plan`. The blocks are
    staged in chunks of about `batch` rows, read straight from the heap (a TID range scan,
    which costs a fifth less than the same rows found through an index), each chunk its own
@@ -14,7 +14,7 @@
    Blocks name the same rows only while the journal keeps its file: a chunk that finds
    another one (VACUUM FULL, CLUSTER) stages everything again, from a new plan.
 2. Folding: the staging table is folded into the empty shadow tables (`<table>_rebuild`,
-   without even their primary keys) with the runner's fold (`sql.fold_statement`, as plain
+   without even their primary keys) with the runner's fold (`fold.fold_statement`, as plain
    INSERTs), so each subject is written once rather than once per chunk. The staging table
    is split by a hash of the subject into parts of about FOLD_EVENTS rows, folded one
    transaction each, on `WORKERS` connections at once (parts share no subject). A fold that
@@ -32,25 +32,26 @@
    new ones after it; a reader's single statement never sees half of each.
 
 Only one rebuild of a projection runs at a time (a session advisory lock).
+
+The statements of each step are in `service.store.projections.rebuild`; this module runs them
+on their connections and transactions, and reports progress.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.projections.runner import Projection, apply_batch, ensure_checkpoints
-from service.projections.sql import create_facts_statements, fold_statement, stage_statement
-from service.store.tables import metadata
+from service.store.projections import rebuild as store
+from service.store.projections.checkpoints import ensure_checkpoints
+from service.store.projections.registry import Projection
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +68,6 @@ WORKERS = 2
 # CPU's caches: 100,000 took an eighth off the fold against 500,000 (1.5 s against 1.7 s for
 # 1,000,000 events, four runs each); there are at least WORKERS parts.
 FOLD_EVENTS = 100_000
-SHADOW_SUFFIX = "_rebuild"
 
 
 class RebuildBusy(RuntimeError):
@@ -89,171 +89,6 @@ class Progress:
 ProgressCallback = Callable[[Progress], Awaitable[None]]
 
 
-def shadow_name(table: str) -> str:
-    """The shadow table a rebuild fills for `table`."""
-    return table + SHADOW_SUFFIX
-
-
-def rebuild_checkpoint(projection: Projection) -> str:
-    """The name of the checkpoint row of `projection`'s shadow tables."""
-    return projection.name + "@rebuild"
-
-
-def facts_name(projection: Projection) -> str:
-    """The staging table of `projection`'s extracted journal rows."""
-    return projection.name + SHADOW_SUFFIX + "_facts"
-
-
-def chunks_name(projection: Projection) -> str:
-    """The table of the staged chunks: heap blocks [lo, hi) and their journal event rows."""
-    return projection.name + SHADOW_SUFFIX + "_chunks"
-
-
-def plan_name(projection: Projection) -> str:
-    """The one-row table of the staging's plan: horizon, heap blocks, the journal's filenode."""
-    return projection.name + SHADOW_SUFFIX + "_plan"
-
-
-def _staging_tables(projection: Projection) -> tuple[str, str, str]:
-    return facts_name(projection), chunks_name(projection), plan_name(projection)
-
-
-def _primary_key(table: str) -> tuple[str, list[str]]:
-    pk = metadata.tables[table].primary_key
-    return f"pk_{table}", [c.name for c in pk.columns]
-
-
-async def _exists(conn: AsyncConnection, table: str) -> bool:
-    return bool(await conn.scalar(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}))
-
-
-async def _prepare(conn: AsyncConnection, projection: Projection) -> tuple[bool, bool]:
-    """Create the shadow tables (and drop the staging tables) unless a rebuild left them.
-
-    Returns (resuming, staged): `staged` once the staging tables were folded into the shadow
-    (and dropped), so the shadow is right up to its checkpoint.
-    """
-    checkpoint = rebuild_checkpoint(projection)
-    has_checkpoint = await conn.scalar(
-        text("SELECT 1 FROM projection_checkpoints WHERE name = :n"), {"n": checkpoint}
-    )
-    shadows = [await _exists(conn, shadow_name(t)) for t in projection.tables]
-    staging = [await _exists(conn, t) for t in _staging_tables(projection)]
-    if has_checkpoint and all(shadows) and (all(staging) or not any(staging)):
-        return True, not any(staging)
-    for table in projection.tables:
-        # No key yet: the fold fills the shadow with plain INSERTs and the key is built once,
-        # with the staging tables' end (`_fold`).
-        shadow = shadow_name(table)
-        await conn.execute(text(f"DROP TABLE IF EXISTS {shadow}"))
-        await conn.execute(text(f"CREATE TABLE {shadow} (LIKE {table} INCLUDING DEFAULTS)"))
-    await conn.execute(text(f"DROP TABLE IF EXISTS {', '.join(_staging_tables(projection))}"))
-    await conn.execute(
-        text(
-            "INSERT INTO projection_checkpoints (name) VALUES (:n) ON CONFLICT (name) "
-            "DO UPDATE SET xid = '0', position = 0, updated_at = now()"
-        ),
-        {"n": checkpoint},
-    )
-    return False, False
-
-
-async def _key_shadow(conn: AsyncConnection, projection: Projection) -> None:
-    """Give the shadow tables the live tables' primary keys (under shadow names), unless
-    they have them."""
-    for table in projection.tables:
-        shadow = shadow_name(table)
-        pk_name, pk_columns = _primary_key(table)
-        if not await conn.scalar(
-            text("SELECT 1 FROM pg_constraint WHERE conname = :n"), {"n": pk_name + SHADOW_SUFFIX}
-        ):
-            await conn.execute(
-                text(
-                    f"ALTER TABLE {shadow} ADD CONSTRAINT {pk_name}{SHADOW_SUFFIX} "
-                    f"PRIMARY KEY ({', '.join(pk_columns)})"
-                )
-            )
-
-
-async def _secondary_indexes(conn: AsyncConnection, table: str) -> list[tuple[str, str]]:
-    """(name, definition) of `table`'s indexes other than its primary key."""
-    pk_name, _ = _primary_key(table)
-    rows = await conn.execute(
-        text(
-            "SELECT indexname, indexdef FROM pg_indexes "
-            "WHERE schemaname = current_schema() AND tablename = :t AND indexname <> :pk"
-        ),
-        {"t": table, "pk": pk_name},
-    )
-    return [(r.indexname, r.indexdef) for r in rows]
-
-
-async def _index_shadow(conn: AsyncConnection, projection: Projection) -> None:
-    """Give the shadow tables the live tables' secondary indexes (under shadow names)."""
-    for table in projection.tables:
-        shadow = shadow_name(table)
-        for name, definition in await _secondary_indexes(conn, table):
-            # pg_indexes gives "CREATE [UNIQUE] INDEX name ON [schema.]table USING ...".
-            ddl = re.sub(
-                rf"INDEX {re.escape(name)} ON (\S+\.)?{re.escape(table)} ",
-                f"INDEX IF NOT EXISTS {name}{SHADOW_SUFFIX} ON {shadow} ",
-                definition,
-                count=1,
-            )
-            await conn.execute(text(ddl))
-
-
-async def _count(conn: AsyncConnection, checkpoint: str) -> int:
-    """Journal event rows up to `checkpoint`."""
-    return int(
-        await conn.scalar(
-            text(
-                "SELECT count(*) FROM journal j, projection_checkpoints c WHERE c.name = :n "
-                "AND j.kind = 'event' AND (j.xid, j.position) <= (c.xid, c.position)"
-            ),
-            {"n": checkpoint},
-        )
-        or 0
-    )
-
-
-async def _swap(conn: AsyncConnection, projection: Projection, batch: int) -> int:
-    """Catch the shadow up under the live checkpoint's lock and put it in place; the journal
-    rows of the tail applied meanwhile."""
-    # Waiting readers queue behind the rename's exclusive lock: bound the wait, and retry.
-    await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-    await conn.execute(
-        text("SELECT 1 FROM projection_checkpoints WHERE name = :n FOR UPDATE"),
-        {"n": projection.name},
-    )
-    shadows = {t: shadow_name(t) for t in projection.tables}
-    checkpoint = rebuild_checkpoint(projection)
-    tail = 0
-    while read := await apply_batch(
-        conn, projection, checkpoint=checkpoint, tables=shadows, limit=batch
-    ):
-        tail += read
-    for table in projection.tables:
-        indexes = [name for name, _ in await _secondary_indexes(conn, table)]
-        pk_name, _ = _primary_key(table)
-        await conn.execute(text(f"DROP TABLE {table}"))
-        await conn.execute(text(f"ALTER TABLE {shadows[table]} RENAME TO {table}"))
-        for name in [pk_name, *indexes]:
-            await conn.execute(text(f"ALTER INDEX {name}{SHADOW_SUFFIX} RENAME TO {name}"))
-    await conn.execute(
-        text(
-            "UPDATE projection_checkpoints live SET xid = shadow.xid, position = shadow.position, "
-            "updated_at = now() FROM projection_checkpoints shadow "
-            "WHERE live.name = :live AND shadow.name = :shadow"
-        ),
-        {"live": projection.name, "shadow": checkpoint},
-    )
-    await conn.execute(
-        text("DELETE FROM projection_checkpoints WHERE name = :n"), {"n": checkpoint}
-    )
-    return tail
-
-
 async def rebuild(
     engine: AsyncEngine,
     projection: Projection,
@@ -265,18 +100,12 @@ async def rebuild(
     async with engine.connect() as lock_conn:
         await lock_conn.commit()
         lock_conn = await lock_conn.execution_options(isolation_level="AUTOCOMMIT")
-        locked = await lock_conn.scalar(
-            text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": "rebuild:" + projection.name}
-        )
-        if not locked:
+        if not await store.try_lock(lock_conn, projection):
             raise RebuildBusy(f"a rebuild of {projection.name} is already running")
         try:
             return await _rebuild(engine, projection, batch, progress)
         finally:
-            await lock_conn.execute(
-                text("SELECT pg_advisory_unlock(hashtext(:k))"),
-                {"k": "rebuild:" + projection.name},
-            )
+            await store.unlock(lock_conn, projection)
 
 
 # A heap page holds at most this many tuples (8 kB pages): the guess at rows per block while
@@ -331,75 +160,33 @@ class _Staging:
         return self.events + round((self.planned - self.blocks) * self.density)
 
 
-_NEW_PLAN = text(
-    "SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon, "
-    "CAST(pg_relation_filenode('journal') AS bigint) AS filenode, "
-    "pg_relation_size('journal') / CAST(current_setting('block_size') AS bigint) AS blocks"
-)
-_SAMPLE = text(
-    "SELECT count(*) FROM journal j "
-    "WHERE j.ctid < CAST(format('(%s,0)', CAST(:blocks AS bigint)) AS tid) "
-    "AND j.kind = 'event' AND j.xid < CAST(:horizon AS xid8)"
-)
-
-
 async def _plan(
     engine: AsyncEngine, projection: Projection, batch: int, *, fresh: bool
 ) -> tuple[_Staging, bool]:
     """The staging to do, and whether it resumes one: what a killed rebuild planned, less
     the chunks it staged, unless `fresh` or the journal has another file since; else a new
     plan, with new (empty) staging tables."""
-    facts, chunks, plan = _staging_tables(projection)
     async with engine.begin() as conn:
-        # The journal's file cannot change while this transaction reads it: the filenode and
-        # the size belong together.
-        await conn.execute(text("LOCK TABLE journal IN ACCESS SHARE MODE"))
-        row = (await conn.execute(_NEW_PLAN)).one()
-        horizon, filenode, blocks = int(row.horizon), int(row.filenode), int(row.blocks)
-        if not fresh and all([await _exists(conn, t) for t in (facts, chunks, plan)]):
-            kept = (
-                await conn.execute(text(f"SELECT horizon, blocks, filenode FROM {plan}"))
-            ).one_or_none()
-            if kept is not None and kept.filenode == filenode:
-                staged = (
-                    await conn.execute(text(f"SELECT lo, hi, events FROM {chunks} ORDER BY lo"))
-                ).all()
-                return _resumed(int(kept.horizon), filenode, kept.blocks, batch, staged), True
+        plan = await store.new_plan(conn)
+        kept = None if fresh else await store.kept_plan(conn, projection)
+        if kept is not None and kept.filenode == plan.filenode:
+            staged = await store.staged_chunks(conn, projection)
+            return _resumed(kept.horizon, plan.filenode, kept.blocks, batch, staged), True
         # Heap blocks from 0 up to the size read now hold every row below the horizon: their
         # transactions ended before this statement's snapshot, and rows never move while the
         # journal keeps its file.
-        sample = min(SAMPLE_BLOCKS, blocks)
-        seen = await conn.scalar(_SAMPLE, {"blocks": sample, "horizon": horizon}) or 0
+        sampled = min(SAMPLE_BLOCKS, plan.blocks)
+        seen = await store.sample(conn, sampled, plan.horizon)
         staging = _Staging(
-            horizon,
-            filenode,
+            plan.horizon,
+            plan.filenode,
             batch,
-            [(0, blocks)] if blocks else [],
-            planned=blocks,
-            sampled=(int(seen), sample),
+            [(0, plan.blocks)] if plan.blocks else [],
+            planned=plan.blocks,
+            sampled=(seen, sampled),
         )
         parts = max(WORKERS, math.ceil(staging.estimate() / FOLD_EVENTS))
-        # Unlogged: no WAL for rows that are thrown away at the end. A server crash empties
-        # all three together, and the rebuild then stages again from a new plan.
-        await conn.execute(text(f"DROP TABLE IF EXISTS {facts}, {chunks}, {plan}"))
-        for statement in create_facts_statements(projection.name, facts, parts):
-            await conn.execute(statement)
-        await conn.execute(
-            text(
-                f"CREATE UNLOGGED TABLE {chunks} "
-                "(lo bigint NOT NULL, hi bigint NOT NULL, events bigint NOT NULL)"
-            )
-        )
-        await conn.execute(
-            text(
-                f"CREATE UNLOGGED TABLE {plan} "
-                "(horizon xid8 NOT NULL, blocks bigint NOT NULL, filenode bigint NOT NULL)"
-            )
-        )
-        await conn.execute(
-            text(f"INSERT INTO {plan} VALUES (CAST(:horizon AS xid8), :blocks, :filenode)"),
-            {"horizon": horizon, "blocks": blocks, "filenode": filenode},
-        )
+        await store.create_staging(conn, projection, plan, parts)
     return staging, False
 
 
@@ -427,20 +214,18 @@ async def _stage(
     report: Callable[[], Awaitable[None]],
 ) -> None:
     """One worker: take the next chunk, stage it, record it; until the plan is done."""
-    facts, chunks, _ = _staging_tables(projection)
     async with engine.connect() as conn:
         while (chunk := staging.take()) is not None:
             lo, hi = chunk
-            params = {"lo": lo, "hi": hi, "horizon": staging.horizon}
             async with conn.begin():
-                row = (await conn.execute(stage_statement(projection.name, facts), params)).one()
-                if row.filenode != staging.filenode:
-                    raise JournalMoved(f"the journal was rewritten while {facts} was staged")
-                await conn.execute(
-                    text(f"INSERT INTO {chunks} VALUES (:lo, :hi, :events)"),
-                    {"lo": lo, "hi": hi, "events": row.events},
+                events, filenode = await store.stage_chunk(
+                    conn, projection, lo, hi, staging.horizon
                 )
-            staging.finish(lo, hi, row.events)
+                if filenode != staging.filenode:
+                    facts = store.facts_name(projection)
+                    raise JournalMoved(f"the journal was rewritten while {facts} was staged")
+                await store.record_chunk(conn, projection, lo, hi, events)
+            staging.finish(lo, hi, events)
             await report()
 
 
@@ -448,43 +233,19 @@ async def _fold(engine: AsyncEngine, projection: Projection, horizon: int) -> No
     """Fold the staging table into the emptied shadow, part after part on each connection,
     then key the shadow, drop the staging tables and move the shadow's checkpoint to the
     last journal row below the staging's `horizon`."""
-    shadows = {t: shadow_name(t) for t in projection.tables}
-    facts = facts_name(projection)
     async with engine.begin() as conn:
-        # A fold that died half-way may have committed some parts.
-        await conn.execute(text(f"TRUNCATE {', '.join(shadows.values())}"))
-        parts = list(
-            await conn.scalars(
-                text(
-                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                    "WHERE i.inhparent = CAST(:facts AS regclass) ORDER BY c.relname"
-                ),
-                {"facts": facts},
-            )
-        )
+        parts = await store.empty_shadow(conn, projection)
 
     async def fold_parts() -> None:
         async with engine.connect() as conn:
             while parts:
                 part = parts.pop()
                 async with conn.begin():
-                    await conn.execute(text("SET LOCAL work_mem = '256MB'"))
-                    await conn.execute(fold_statement(projection.name, shadows, part))
+                    await store.fold_part(conn, projection, part)
 
     await _all([fold_parts() for _ in range(WORKERS)])
     async with engine.begin() as conn:
-        await conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
-        await _key_shadow(conn, projection)
-        await conn.execute(
-            text(
-                "UPDATE projection_checkpoints c SET xid = last.xid, position = last.position, "
-                "updated_at = now() FROM (SELECT xid, position FROM journal "
-                "WHERE xid < CAST(:horizon AS xid8) ORDER BY xid DESC, position DESC LIMIT 1) last "
-                "WHERE c.name = :n"
-            ),
-            {"horizon": horizon, "n": rebuild_checkpoint(projection)},
-        )
-        await conn.execute(text(f"DROP TABLE {', '.join(_staging_tables(projection))}"))
+        await store.finish_fold(conn, projection, horizon)
 
 
 async def _all(work: list[Awaitable[None]]) -> None:
@@ -502,13 +263,12 @@ async def _all(work: list[Awaitable[None]]) -> None:
 async def _rebuild(
     engine: AsyncEngine, projection: Projection, batch: int, progress: ProgressCallback | None
 ) -> Progress:
-    checkpoint = rebuild_checkpoint(projection)
     async with engine.begin() as conn:
         await ensure_checkpoints(conn, [projection.name])
-        resumed, staged = await _prepare(conn, projection)
+        resumed, staged = await store.prepare(conn, projection)
     if staged:
         async with engine.begin() as conn:
-            done = await _count(conn, checkpoint)
+            done = await store.count_applied(conn, projection)
         state = Progress(projection.name, "building", done, done, done)
     else:
         staging, resumed = await _plan(engine, projection, batch, fresh=not resumed)
@@ -546,14 +306,9 @@ async def _rebuild(
         await report(phase="folding", total=staging.events)
         await _fold(engine, projection, staging.horizon)
         await report(phase="building")
-    shadows = {t: shadow_name(t) for t in projection.tables}
     while True:
         async with engine.begin() as conn:
-            # Big batches sort in memory rather than on disk.
-            await conn.execute(text("SET LOCAL work_mem = '256MB'"))
-            read = await apply_batch(
-                conn, projection, checkpoint=checkpoint, tables=shadows, limit=batch
-            )
+            read = await store.catch_up_shadow(conn, projection, batch)
         if read is None:
             raise RebuildBusy(f"the shadow checkpoint of {projection.name} is locked")
         if read:
@@ -562,12 +317,12 @@ async def _rebuild(
             break
     await report(phase="indexing")
     async with engine.begin() as conn:
-        await _index_shadow(conn, projection)
+        await store.index_shadow(conn, projection)
     await report(phase="swapping")
     for attempt in range(1, 11):
         try:
             async with engine.begin() as conn:
-                tail = await _swap(conn, projection, batch)
+                tail = await store.swap(conn, projection, batch)
             break
         except DBAPIError as exc:
             # lock_timeout (55P03): readers held the tables; try again.

@@ -1,11 +1,12 @@
 """The projection runner: applies new journal events to every projection, in any process.
 
-Each projection has a checkpoint row. A round locks it (`FOR UPDATE SKIP LOCKED`), applies
-the next batch with one statement (`sql.apply_statement`), which moves the checkpoint, and
-commits: the rows and the checkpoint change together or not at all, so a crash anywhere
-leaves a projection equal to a replay up to its checkpoint. Another process that finds the
-row locked skips it, so any number of `serve` and `worker` copies can run a runner and each
-batch is applied by exactly one.
+A round applies the next batch of each projection in its own transaction
+(`checkpoints.apply_batch`, which locks the projection's checkpoint row, applies the batch
+with one statement that moves the checkpoint, and returns) and commits: the rows and the
+checkpoint change together or not at all, so a crash anywhere leaves a projection equal to a
+replay up to its checkpoint. Another process that finds the row locked skips it, so any
+number of `serve` and `worker` copies can run a runner and each batch is applied by exactly
+one.
 """
 
 from __future__ import annotations
@@ -13,122 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import structlog
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db.outages import STORE_ERRORS, Outage
-from service.projections.sql import apply_statement
-from service.telemetry import metrics
+from service.store.projections.checkpoints import BATCH_SIZE, apply_batch, ensure_checkpoints, lag
+from service.store.projections.registry import PROJECTIONS, Projection
 
 log = structlog.get_logger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class Projection:
-    """A projection: its name (and checkpoint's) and the tables it owns."""
-
-    name: str
-    tables: tuple[str, ...]
-
-    def live_tables(self) -> dict[str, str]:
-        """Each of its tables, by its own name."""
-        return {t: t for t in self.tables}
-
-
-IDENTITIES = Projection("identities", ("identities", "identity_controls"))
-TRANSFERS = Projection("transfers", ("transfers",))
-ORCHESTRATIONS = Projection("orchestrations", ("orchestrations",))
-PROJECTIONS: dict[str, Projection] = {p.name: p for p in (IDENTITIES, TRANSFERS, ORCHESTRATIONS)}
-
-BATCH_SIZE = 2000
 RETRY_CAP_S = 2.0  # the longest pause between two tries while the database is unavailable
-LAG_CAP = 100_000
-
-_LOCK = text(
-    "SELECT xid, position FROM projection_checkpoints WHERE name = :name FOR UPDATE SKIP LOCKED"
-)
-
-
-async def ensure_checkpoints(conn: AsyncConnection, names: Iterable[str]) -> None:
-    """Create the checkpoint rows that do not exist yet (at the journal's start)."""
-    await conn.execute(
-        text(
-            "INSERT INTO projection_checkpoints (name) SELECT unnest(CAST(:names AS text[])) "
-            "ON CONFLICT (name) DO NOTHING"
-        ),
-        {"names": list(names)},
-    )
-
-
-async def apply_batch(
-    conn: AsyncConnection,
-    projection: Projection,
-    *,
-    checkpoint: str | None = None,
-    tables: Mapping[str, str] | None = None,
-    limit: int = BATCH_SIZE,
-) -> int | None:
-    """Apply the next batch of at most `limit` journal rows in `conn`'s transaction.
-
-    Returns the number of journal rows consumed (0: caught up), or None when another
-    transaction holds the checkpoint (it is applying this batch). `checkpoint` and `tables`
-    default to the live ones; a rebuild passes its own.
-    """
-    name = checkpoint or projection.name
-    row = (await conn.execute(_LOCK, {"name": name})).one_or_none()
-    if row is None:
-        return None
-    statement = apply_statement(projection.name, tables or projection.live_tables())
-    result = (
-        await conn.execute(
-            statement,
-            {"xid": int(row.xid), "position": row.position, "limit": limit, "checkpoint": name},
-        )
-    ).one()
-    return int(result.read)
-
-
-@dataclass(frozen=True, slots=True)
-class Lag:
-    """How far a projection is behind the journal."""
-
-    name: str
-    events_behind: int  # journal event rows not applied yet (counted up to LAG_CAP)
-    seconds_behind: float  # age of the oldest of them; 0 when caught up
-
-
-_LAG = text(
-    f"""
-    SELECT n.name, s.behind, coalesce(extract(epoch FROM now() - s.oldest), 0) AS seconds
-    FROM unnest(CAST(:names AS text[])) AS n(name)
-    LEFT JOIN projection_checkpoints c ON c.name = n.name
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS behind, min(recorded_at) AS oldest FROM (
-            SELECT j.recorded_at FROM journal j
-            WHERE j.kind = 'event'
-              AND (j.xid, j.position) > (coalesce(c.xid, CAST('0' AS xid8)),
-                                         coalesce(c.position, 0))
-            ORDER BY j.xid, j.position
-            LIMIT {LAG_CAP}
-        ) pending
-    ) s
-    ORDER BY n.name
-    """
-)
-
-
-async def lag(conn: AsyncConnection, names: Iterable[str] = PROJECTIONS) -> list[Lag]:
-    """Each projection's lag; also published as the `paxos_projection_lag_*` gauges."""
-    rows = (await conn.execute(_LAG, {"names": list(names)})).all()
-    lags = [Lag(r.name, int(r.behind), max(0.0, float(r.seconds))) for r in rows]
-    for item in lags:
-        metrics.PROJECTION_LAG_EVENTS.labels(item.name).set(item.events_behind)
-        metrics.PROJECTION_LAG_SECONDS.labels(item.name).set(item.seconds_behind)
-    return lags
+PROJECTION_POLL_S = 0.2  # how often to look for new journal rows when no NOTIFY woke the runner
 
 
 class Projector:
@@ -140,7 +38,7 @@ class Projector:
         projections: Iterable[Projection] = PROJECTIONS.values(),
         *,
         batch_size: int = BATCH_SIZE,
-        poll_s: float = 0.2,
+        poll_s: float = PROJECTION_POLL_S,
         lag_every_s: float = 5.0,
     ) -> None:
         self._engine = engine

@@ -18,76 +18,36 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
-from sqlalchemy import RowMapping, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.domain.paxos_event import Fetched
-from service.fetching.fetcher import identity_id_of
-from service.jobs.runner import Job
+from service.domain.paxos_event import Fetched, identity_id_of
 from service.paxos.client import ListFilter, PaxosClient
+from service.store.jobs import Job
 from service.store.listed import Listed, record_listed
-from service.store.tables import reconcile_passes
+from service.store.reconcile import (
+    Counts,
+    PassState,
+    Window,
+    finish_pass,
+    load_pass,
+    reconciled_until,
+    record_missed,
+    save_pass,
+    start_pass,
+    try_lock_reconciler,
+    unfinished_pass,
+    unlock_reconciler,
+)
 from service.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
-# Any constant unique to this lock: pg_try_advisory_lock(key) is deployment-wide.
-RECONCILER_LOCK = 0x7061786F735F7263  # "paxos_rc"
 # Events younger than this are left to their webhook (it may still be in flight).
 GRACE = timedelta(seconds=60)
 PAGE_SIZE = 100  # List Events' largest page
-
-
-# What a pass shows to people (API and console): everything but its resume point and error.
-PASS_COLUMNS = [c for c in reconcile_passes.c if c.name not in ("resume", "error")]
-
-
-async def recent_passes(conn: AsyncConnection, limit: int) -> list[RowMapping]:
-    """The newest List Events passes (reconciler and backfills) with their counts."""
-    rows = await conn.execute(
-        select(*PASS_COLUMNS).order_by(reconcile_passes.c.pass_id.desc()).limit(limit)
-    )
-    return [r._mapping for r in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """What a pass lists: events created in [since, until), of `types` (all when empty)."""
-
-    since: datetime
-    until: datetime
-    types: tuple[str, ...] = ()
-    include_test: bool = False
-
-    def listings(self) -> list[tuple[bool, str | None]]:
-        """One List Events walk per (is_test, type): Paxos filters by one type at a time."""
-        tests = (False, True) if self.include_test else (False,)
-        types: tuple[str | None, ...] = self.types or (None,)
-        return [(is_test, type_) for is_test in tests for type_ in types]
-
-
-@dataclass(slots=True)
-class Counts:
-    pages: int = 0
-    found: int = 0
-    missing: int = 0
-    known: int = 0
-
-
-@dataclass(slots=True)
-class PassState:
-    """A pass as recorded: its window, counts, and where each listing has got to."""
-
-    pass_id: int
-    window: Window
-    counts: Counts = field(default_factory=Counts)
-    # listing key -> {"after": created_at of the last stored event} or {"done": true}
-    resume: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 Progress = Callable[[PassState, str | None], Awaitable[None] | None]
@@ -111,69 +71,6 @@ def to_listed(fetched: Fetched, is_test: bool) -> Listed:
         object_type=event.object_type,
         undelivered_webhooks=event.undelivered_webhooks,
     )
-
-
-async def start_pass(
-    engine: AsyncEngine, kind: str, window: Window, job_id: uuid.UUID | None = None
-) -> PassState:
-    """Record a new pass over `window`."""
-    async with engine.begin() as conn:
-        pass_id = await conn.scalar(
-            insert(reconcile_passes)
-            .values(
-                kind=kind,
-                job_id=job_id,
-                window_since=window.since,
-                window_until=window.until,
-                types=list(window.types),
-                include_test=window.include_test,
-            )
-            .returning(reconcile_passes.c.pass_id)
-        )
-    assert pass_id is not None
-    return PassState(int(pass_id), window)
-
-
-async def load_pass(engine: AsyncEngine, pass_id: int) -> PassState:
-    """A recorded pass, to resume it."""
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(reconcile_passes).where(reconcile_passes.c.pass_id == pass_id)
-            )
-        ).one()
-    return PassState(
-        row.pass_id,
-        Window(row.window_since, row.window_until, tuple(row.types), row.include_test),
-        Counts(row.pages, row.found, row.missing, row.known),
-        dict(row.resume),
-    )
-
-
-async def unfinished_pass(
-    engine: AsyncEngine, kind: str, window: Window | None = None
-) -> int | None:
-    """The newest pass of `kind` (over `window`, if given) that never finished, if any."""
-    query = (
-        select(reconcile_passes.c.pass_id)
-        .where(
-            reconcile_passes.c.kind == kind,
-            reconcile_passes.c.status == "running",
-            reconcile_passes.c.job_id.is_(None),
-        )
-        .order_by(reconcile_passes.c.pass_id.desc())
-        .limit(1)
-    )
-    if window is not None:
-        query = query.where(
-            reconcile_passes.c.window_since == window.since,
-            reconcile_passes.c.window_until == window.until,
-            reconcile_passes.c.types == list(window.types),
-            reconcile_passes.c.include_test == window.include_test,
-        )
-    async with engine.connect() as conn:
-        found = await conn.scalar(query)
-    return int(found) if found is not None else None
 
 
 async def run_pass(
@@ -214,7 +111,7 @@ async def run_pass(
                         await maybe
             state.resume[key] = {"done": True}
             async with engine.begin() as conn:
-                await _save(conn, state)
+                await save_pass(conn, state)
     except Exception as exc:
         log_.warning(
             "pass stopped; it resumes from where it got to",
@@ -222,11 +119,7 @@ async def run_pass(
         )
         raise
     async with engine.begin() as conn:
-        await conn.execute(
-            update(reconcile_passes)
-            .where(reconcile_passes.c.pass_id == state.pass_id)
-            .values(status="done", finished_at=text("now()"))
-        )
+        await finish_pass(conn, state.pass_id)
     metrics.RECONCILE_PASSES.inc()
     log_.info(
         "pass done",
@@ -261,16 +154,8 @@ async def _store_page(
             }
         if missing:
             lost = [item for item in listed if item.event_id in missing]
-            await conn.execute(
-                _REPORT_MISSED,
-                {
-                    "pass_id": state.pass_id,
-                    "ids": [i.event_id for i in lost],
-                    "types": [i.type for i in lost],
-                    "times": [i.created_at for i in lost],
-                },
-            )
-        await _save(conn, state)
+            await record_missed(conn, state.pass_id, lost)
+        await save_pass(conn, state)
     for item in listed:
         if item.event_id in missing:
             metrics.MISSED_WEBHOOKS.labels(type=metrics.type_label(item.type)).inc()
@@ -279,31 +164,6 @@ async def _store_page(
                 event_id=str(item.event_id),
                 type=item.type,
             )
-
-
-_REPORT_MISSED = text(
-    """
-    INSERT INTO reconcile_missed (pass_id, event_id, type, created_at)
-    SELECT :pass_id, * FROM unnest(
-        CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:times AS timestamptz[]))
-    ON CONFLICT DO NOTHING
-    """
-)
-
-
-async def _save(conn: AsyncConnection, state: PassState) -> None:
-    """Record the pass's counts and where each listing has got to, in `conn`'s transaction."""
-    await conn.execute(
-        update(reconcile_passes)
-        .where(reconcile_passes.c.pass_id == state.pass_id)
-        .values(
-            pages=state.counts.pages,
-            found=state.counts.found,
-            missing=state.counts.missing,
-            known=state.counts.known,
-            resume=state.resume,
-        )
-    )
 
 
 class Reconciler:
@@ -343,9 +203,7 @@ class Reconciler:
             # A session lock on a connection of its own, outside any transaction: held for
             # the whole pass, released by the database if this process dies.
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            if not await conn.scalar(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": RECONCILER_LOCK}
-            ):
+            if not await try_lock_reconciler(conn):
                 return None
             try:
                 state = await self._next_pass(now or datetime.now(UTC))
@@ -353,21 +211,14 @@ class Reconciler:
                     return None
                 return await run_pass(self._engine, self._client, state, page_size=self._page_size)
             finally:
-                await conn.execute(
-                    text("SELECT pg_advisory_unlock(:key)"), {"key": RECONCILER_LOCK}
-                )
+                await unlock_reconciler(conn)
 
     async def _next_pass(self, now: datetime) -> PassState | None:
         unfinished = await unfinished_pass(self._engine, "reconcile")
         if unfinished is not None:
             return await load_pass(self._engine, unfinished)
         async with self._engine.connect() as conn:
-            reached = await conn.scalar(
-                select(reconcile_passes.c.window_until)
-                .where(reconcile_passes.c.kind == "reconcile", reconcile_passes.c.status == "done")
-                .order_by(reconcile_passes.c.window_until.desc())
-                .limit(1)
-            )
+            reached = await reconciled_until(conn)
         until = now - GRACE
         since = (reached or now) - self._lookback
         if since >= until:
@@ -403,3 +254,12 @@ def backfill_job(engine: AsyncEngine, client: PaxosClient) -> Callable[[Job], Aw
         await run_pass(engine, client, state, progress=report)
 
     return handle
+
+
+async def resume_or_start_backfill(engine: AsyncEngine, window: Window) -> tuple[PassState, bool]:
+    """The backfill pass for `window`: the unfinished one with that window if a stopped run
+    left one (and True), else a new one (and False)."""
+    resumable = await unfinished_pass(engine, "backfill", window)
+    if resumable is not None:
+        return await load_pass(engine, resumable), True
+    return await start_pass(engine, "backfill", window), False

@@ -310,8 +310,7 @@ def send_command(
             raise click.UsageError(f"--auth oauth needs {', '.join(missing)}")
         if api_key:
             raise click.UsageError("--api-key applies only to --auth api_key")
-        assert token_url and client_id and client_secret  # checked just above
-        credentials = OAuthAuth(token_url, client_id, client_secret)
+        credentials = OAuthAuth(token_url or "", client_id or "", client_secret or "")
     elif api_key or any(oauth_options.values()):
         raise click.UsageError("credentials were given with --auth none")
 

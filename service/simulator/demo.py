@@ -136,3 +136,34 @@ async def _stream(
             drop=DEMO_DROP,
         )
     log.info("demo: every sample webhook delivered", delivered=len(report.delivered))
+
+
+def banner(settings: Settings) -> str:
+    """What `serve --demo` shows the person at the terminal: where, the tokens, curl lines."""
+    base = f"http://{settings.host}:{settings.port}"
+    read = settings.api_read_tokens[0]
+    lines = [
+        "",
+        f"Paxos Event Store (demo) on {base}",
+        "  fetching from a built-in Paxos simulator, which also sends it sample webhooks",
+        f"  read token:  {read}",
+        f"  admin token: {settings.api_admin_tokens[0]}",
+    ]
+    if settings.webhook_auth is WebhookAuth.API_KEY:
+        key = settings.webhook_api_keys[0]
+        lines += [
+            f"  webhook key: {settings.webhook_api_key_header}: {key}",
+            "",
+            "Send a webhook:",
+            f"  curl -s {base}/webhooks/paxos -H 'Content-Type: application/json' "
+            f"-H '{settings.webhook_api_key_header}: {key}' -d '{{\"id\": \"'$(python3 -c "
+            '\'import uuid; print(uuid.uuid4())\')\'", "type": "identity.approved", '
+            '"source": "com.paxos", "time": "2026-01-07T14:30:02Z", "object": "event"}\'',
+        ]
+    lines += [
+        "",
+        "List events:",
+        f"  curl -s -H 'Authorization: Bearer {read}' '{base}/events?limit=10'",
+        "",
+    ]
+    return "\n".join(lines)

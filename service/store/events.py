@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import msgspec
 from sqlalchemy import Label, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.domain.stored import Event
-from service.store.tables import EVENT_STATUSES, events
+from service.domain.stored import EVENT_STATUSES, Event, EventFilter, Position
+from service.store.tables import events
 
 EVENT_COLUMNS = (
     events.c.event_id.label("id"),
@@ -65,35 +64,6 @@ EVENT_COLUMNS = (
 
 # The one status most events end in; every other status is rare enough for a partial index.
 FETCHED = "fetched"
-
-
-class EventFilter(msgspec.Struct, frozen=True):
-    """What a listing of events is restricted to; fields left at their default restrict nothing.
-
-    `types` and `type_prefixes` together are one filter (an event matches either); a prefix
-    keeps its final dot (`identity.` for `identity.*`). `since` is inclusive, `until`
-    exclusive, both on the event's time.
-    """
-
-    types: tuple[str, ...] = ()
-    type_prefixes: tuple[str, ...] = ()
-    since: datetime | None = None
-    until: datetime | None = None
-    is_test: bool | None = None
-    identity_id: str | None = None
-    status: str | None = None
-    descending: bool = True
-
-    @property
-    def has_type_filter(self) -> bool:
-        return bool(self.types or self.type_prefixes)
-
-
-class Position(msgspec.Struct, frozen=True):
-    """A place in the (time, event_id) order: a page starts strictly after it."""
-
-    time: datetime
-    event_id: uuid.UUID
 
 
 class EventSlice(msgspec.Struct, frozen=True):

@@ -29,6 +29,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import UserDefinedType
 
+from service.domain.stored import EVENT_STATUSES
+
 
 class XID8(UserDefinedType[int]):
     """PostgreSQL's 64-bit transaction id (`pg_current_xact_id()`), which never wraps around."""
@@ -66,7 +68,6 @@ def as_jsonb(json_text: str) -> str:
 
 # The journal's `doc` (migration 0007 writes the same expression out).
 JOURNAL_DOC = f"CASE WHEN kind = 'event' THEN {as_jsonb('body')} END"
-EVENT_STATUSES = ("pending", "fetched", "failed", "not_found")
 # Which events are a transfer's, and by what (migration 0008 writes both out).
 TRANSFER_EVENTS = "starts_with(type, 'transfer.')"
 TRANSFER_OBJECT_ID = "((detail -> 'object'::text) ->> 'id'::text)"
@@ -415,7 +416,7 @@ RECEIPT_TIMES_KEPT = 100
 # canonical hash (`rows_digest`: 8-byte big-endian position + 32-byte SHA-256 per row), so a
 # verifier names the exact row changed, deleted or inserted. `hash` chains `prev_hash` (the
 # previous seal's hash; 32 zero bytes for the first). seal_id is the previous one + 1; the
-# unique prev_hash forbids forks. Canonical forms: README "Audit trail".
+# unique prev_hash forbids forks. Canonical forms: docs/audit.md.
 seals = Table(
     "seals",
     metadata,

@@ -23,7 +23,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from litestar import Request, Response
@@ -32,14 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings
 from service.store.keys import load_service_key
+from service.web.auth import Role
 
 SESSION_COOKIE = "pes_session"
 LOGIN_CSRF_COOKIE = "pes_login_csrf"
 SESSION_TTL_S = 12 * 3600
 LOGIN_FORM_TTL_S = 3600
 KEY_NAME = "ui_session_signing"
-
-Role = Literal["read", "admin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +65,13 @@ async def load_session_key(engine: AsyncEngine) -> bytes:
     return await load_service_key(engine, KEY_NAME)
 
 
-async def session_key(request: Request[Any, Any, Any]) -> bytes:
-    """This process's copy of the session key (read from the database once)."""
+async def session_key(request: Request[Any, Any, Any], engine: AsyncEngine) -> bytes:
+    """This process's copy of the session key (read from the database once, then kept in the
+    app's state)."""
     state = request.app.state
     key: bytes | None = state.get("ui_session_key")
     if key is None:
-        key = await load_session_key(state.engine)
+        key = await load_session_key(engine)
         state.ui_session_key = key
     return key
 
@@ -91,19 +91,6 @@ def _sign(key: bytes, body: bytes) -> bytes:
 def token_digest(key: bytes, token: str) -> str:
     """A keyed digest of a token: lets a cookie name its token without holding it."""
     return hmac.new(key, b"token\x00" + token.encode(), hashlib.sha256).hexdigest()
-
-
-def role_of(settings: Settings, token: str) -> Role | None:
-    """The role `token` grants, or None. Both lists are checked in full, in constant time."""
-    from service.intake.auth import matches_any
-
-    is_admin = matches_any(token, settings.api_admin_tokens)
-    is_reader = matches_any(token, settings.api_read_tokens)
-    if is_admin:
-        return "admin"
-    if is_reader:
-        return "read"
-    return None
 
 
 def issue(key: bytes, role: Role, token: str, *, now: float | None = None) -> tuple[str, Session]:

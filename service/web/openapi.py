@@ -5,7 +5,7 @@ Answers that come from layers rather than handlers are declared here, once, for 
 an admin route), any route but health and the docs may answer 429 (`service.web.throttle`), a
 route with a path parameter may answer 404, a route that reads the store may answer 503. The
 security schemes say which credentials each route takes, so clients and contract tests
-(tests/test_openapi_contract.py, tests/test_security.py) can read them from the document.
+(test_openapi_contract.py, test_security.py) can read them from the document.
 """
 
 from __future__ import annotations
@@ -23,17 +23,21 @@ from litestar.openapi.spec import (
     OAuthFlows,
     OpenAPIFormat,
     OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
     RequestBody,
     Schema,
     SecurityScheme,
 )
 from litestar.routes import HTTPRoute
 
+from service.domain.stored import EVENT_STATUSES
 from service.settings import Settings, WebhookAuth
 from service.web.auth import require_admin, require_read
 from service.web.problems import PROBLEM_JSON
+from service.web.query import DEFAULT_LIMIT, MAX_LIMIT, MAX_TYPES
 from service.web.throttle import UNTHROTTLED_PREFIXES
 
 # Names of security schemes, not secrets.
@@ -184,3 +188,100 @@ NOTIFICATION_SCHEMA = Schema(
     },
     description="A Paxos webhook notification; unknown members are kept.",
 )
+
+
+# --- listings: parameters their handlers parse by hand ---------------------------------------
+
+
+def _query_parameter(name: str, schema: Schema, description: str) -> Parameter:
+    return Parameter(name=name, param_in="query", schema=schema, description=description)
+
+
+def _limit_and_cursor(cursor: str) -> list[Parameter]:
+    return [
+        _query_parameter(
+            "limit",
+            Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=MAX_LIMIT, default=DEFAULT_LIMIT),
+            "Items per page.",
+        ),
+        _query_parameter("cursor", Schema(type=OpenAPIType.STRING), cursor),
+    ]
+
+
+def _event_query_parameters(*, with_identity_id: bool) -> list[Parameter]:
+    string = Schema(type=OpenAPIType.STRING)
+    time = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME)
+    docs = [
+        Parameter(
+            name="type",
+            param_in="query",
+            schema=Schema(type=OpenAPIType.ARRAY, items=string, max_items=MAX_TYPES),
+            explode=True,
+            style="form",
+            description=(
+                "Event type, exact (`identity.approved`) or a prefix ending in `.*` "
+                "(`identity.*` matches `identity.approved` and "
+                "`identity.kyc_refresh.started`). Repeat for several: any may match."
+            ),
+        ),
+        _query_parameter(
+            "since", time, "Events at or after this time (RFC 3339 with offset, e.g. `...Z`)."
+        ),
+        _query_parameter(
+            "until", time, "Events before this time (exclusive; RFC 3339 with offset)."
+        ),
+        _query_parameter(
+            "is_test",
+            Schema(type=OpenAPIType.BOOLEAN),
+            "`true`: sandbox test events only; `false`: real events only; absent: both.",
+        ),
+        _query_parameter("identity_id", string, "Events about this Paxos identity."),
+        _query_parameter(
+            "status",
+            Schema(type=OpenAPIType.STRING, enum=list(EVENT_STATUSES)),
+            "Fetch state of the full event.",
+        ),
+        _query_parameter(
+            "order",
+            Schema(type=OpenAPIType.STRING, enum=["desc", "asc"], default="desc"),
+            "By event time, then id.",
+        ),
+        *_limit_and_cursor("`next_cursor` of the previous page, with the same filters and order."),
+    ]
+    return [d for d in docs if with_identity_id or d.name != "identity_id"]
+
+
+_EVENT_LIST_BAD_PARAMETER = OpenAPIResponse(
+    description="A bad query parameter; the problem's `parameter` member names it.",
+    content={PROBLEM_JSON: OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT))},
+)
+
+
+def event_list_operation(*, with_identity_id: bool = True) -> type[Operation]:
+    """An Operation that documents the /events query parameters (`parse_query`) and their 400."""
+    docs = _event_query_parameters(with_identity_id=with_identity_id)
+
+    @dataclass
+    class EventListOperation(Operation):
+        def __post_init__(self) -> None:
+            self.parameters = [*(self.parameters or []), *docs]
+            self.responses = {**(self.responses or {}), "400": _EVENT_LIST_BAD_PARAMETER}
+
+    return EventListOperation
+
+
+def list_operation(filters: dict[str, str]) -> type[Operation]:
+    """An Operation that documents a listing's string `filters` (name: description), its
+    `limit` and its `cursor`."""
+    string = Schema(type=OpenAPIType.STRING)
+    docs = [
+        *(_query_parameter(n, string, d) for n, d in filters.items()),
+        *_limit_and_cursor("`next_cursor` of the previous page, with the same filters."),
+    ]
+
+    @dataclass
+    class ListOperation(Operation):
+        def __post_init__(self) -> None:
+            self.parameters = [*(self.parameters or []), *docs]
+
+    return ListOperation

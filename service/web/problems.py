@@ -8,8 +8,9 @@ The error tree, in one place:
     ├── Forbidden               403
     └── StoreUnavailable        503         nothing was committed; the sender should retry
 
-Database errors that mean "unreachable" (connection refused or lost, pool exhausted) become
-503 on every route; other database errors are bugs and become a bare 500.
+Database errors that mean "unreachable" (connection refused or lost, pool exhausted: as
+`service.db.outages.is_store_outage` tells) become 503 on every route; other database errors
+are bugs and become a bare 500.
 
 Litestar's own HTTP exceptions and any unexpected error are converted here too; an unexpected
 error becomes a bare 500 problem and its trace goes to the log only, never to the client.
@@ -25,9 +26,10 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
+from service.db.outages import STORE_ERRORS, is_store_outage
+
+# Not Litestar's problem_details plugin: its bodies differ (no about:blank, detail as title).
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://paxos-event-store.dev/problems/"
 
@@ -167,9 +169,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 def handle_store_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """The database could not be reached: 503, so clients (and Paxos) retry."""
-    if isinstance(exc, DBAPIError) and not (
-        exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    ):
+    if not is_store_outage(exc):
         return handle_unexpected(request, exc)  # a bug in a statement, not an outage
     log.warning("store unavailable", path=request.url.path, error=type(exc).__name__)
     problem = StoreUnavailable("the event store is unavailable; retry shortly")
@@ -178,10 +178,7 @@ def handle_store_error(request: Request[Any, Any, Any], exc: Exception) -> Respo
 
 EXCEPTION_HANDLERS = {
     HTTPException: handle_http_exception,
-    DBAPIError: handle_store_error,
-    SQLAlchemyTimeoutError: handle_store_error,
-    OSError: handle_store_error,
-    TimeoutError: handle_store_error,
+    **dict.fromkeys(STORE_ERRORS, handle_store_error),
     Exception: handle_unexpected,
 }
 

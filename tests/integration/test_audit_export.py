@@ -1,5 +1,6 @@
 """Exports: the evidence of each event (as received, when, how often, the full event), the
-seals covering it, in JSON Lines and CSV, by window and identity, over HTTP and the CLI."""
+seals covering it, in JSON Lines and CSV, by window and identity, over HTTP (the command:
+tests/process/test_audit_export.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import io
 import json
 import uuid
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,21 +16,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit.canonical import row_hash
-from service.audit.export import CSV_COLUMNS, ExportQuery, export
-from service.audit.seals import seal_pending
 from service.domain.notification import Notification
-from service.settings import Settings
+from service.store.audit.canonical import row_hash
+from service.store.audit.export import CSV_COLUMNS, ExportQuery, export
+from service.store.audit.seals import seal_pending
 from service.store.intake import Received, record_notifications
-from tests.conftest import read_headers
-from tests.test_audit_seals import T0, add_events
-from tests.test_audit_verify import cli
-
-WINDOW = {"since": "2026-01-07T00:00:00Z", "until": "2026-01-08T00:00:00Z"}
-
-
-def lines(body: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in body.splitlines()]
+from tests.support.audit import T0, WINDOW, add_events, lines
+from tests.support.tokens import read_headers
 
 
 def check_row_hash(event_id: str, kind: str, row: dict[str, Any]) -> None:
@@ -146,60 +138,6 @@ async def test_bad_export_parameters_are_named(
 
 async def test_export_needs_a_read_token(client: httpx.AsyncClient) -> None:
     assert (await client.get("/audit/export")).status_code == 401
-
-
-@pytest.mark.slow
-async def test_the_export_command(
-    engine: AsyncEngine, database_url: str, settings: Settings, tmp_path: Path
-) -> None:
-    ids = await add_events(engine, 3)
-    await seal_pending(engine)
-    out = tmp_path / "export.jsonl"
-    done = cli(
-        database_url,
-        "export",
-        "--since",
-        WINDOW["since"],
-        "--until",
-        WINDOW["until"],
-        "-o",
-        str(out),
-    )
-    assert done.returncode == 0, done.stderr
-    records = lines(out.read_text())
-    assert [r["event_id"] for r in records[:-1]] == [str(i) for i in ids]
-    assert records[-1]["all_sealed"] is True
-
-    to_stdout = cli(
-        database_url,
-        "export",
-        "--since",
-        WINDOW["since"],
-        "--until",
-        WINDOW["until"],
-        "--format",
-        "csv",
-    )
-    assert to_stdout.returncode == 0, to_stdout.stderr
-    assert len(list(csv.DictReader(io.StringIO(to_stdout.stdout)))) == 4
-
-    bad = cli(database_url, "export", "--since", "2026-01-07", "--until", WINDOW["until"])
-    assert bad.returncode == 2
-    assert "--since" in bad.stderr
-
-    unwritable = cli(
-        database_url,
-        "export",
-        "--since",
-        WINDOW["since"],
-        "--until",
-        WINDOW["until"],
-        "-o",
-        str(tmp_path / "missing" / "export.jsonl"),
-    )
-    assert unwritable.returncode == 2
-    assert unwritable.stderr.startswith("paxos-events: cannot write the export: ")
-    assert "Traceback" not in unwritable.stderr
 
 
 async def test_receipt_times_keep_the_first_hundred(engine: AsyncEngine) -> None:

@@ -3,26 +3,16 @@ verifies afterwards."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit.canonical import ROW_HASH_SQL, unpack_rows
-from service.audit.prune import prune_test_events
-from service.audit.seals import seal_pending
-from service.audit.verify import verify
-from tests.test_audit_seals import T0, add_events
-from tests.test_audit_verify import cli
-
-RECENT = datetime.now(UTC) - timedelta(days=1)
-
-
-async def count(engine: AsyncEngine, sql: str) -> int:
-    async with engine.connect() as conn:
-        return int(await conn.scalar(text(sql)) or 0)
+from service.store.audit.canonical import ROW_HASH_SQL, unpack_rows
+from service.store.audit.prune import prune_test_events
+from service.store.audit.seals import seal_pending
+from service.store.audit.verify import verify
+from tests.support.audit import RECENT, add_events, count
 
 
 async def test_prune_removes_only_old_test_events_and_the_chain_still_verifies(
@@ -156,21 +146,6 @@ async def test_a_forged_pruning_record_is_a_changed_row(engine: AsyncEngine) -> 
         ("changed_row", 1),
         ("changed_row", 2),
     ]
-
-
-@pytest.mark.slow
-async def test_the_prune_command(engine: AsyncEngine, database_url: str) -> None:
-    await add_events(engine, 2, is_test=True, time=T0)
-    await add_events(engine, 1, is_test=True, time=RECENT)
-    await seal_pending(engine)
-    done = cli(database_url, "prune", "--test-events-older-than", "30")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("pruned 2 test events (4 journal rows) with event time before")
-    assert done.stdout.rstrip().endswith("prune records: 1")
-    assert await count(engine, "SELECT count(*) FROM events") == 1
-    bad = cli(database_url, "prune", "--test-events-older-than", "-1")
-    assert bad.returncode == 2
-    assert cli(database_url, "verify").returncode == 0
 
 
 @pytest.mark.parametrize("is_test", [False, True])

@@ -5,113 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import uuid
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit.canonical import (
+from service.audit.sealer import Sealer
+from service.store.audit.canonical import (
     GENESIS_HASH,
     ROW_HASH_SQL,
     row_hash,
     seal_hash,
     unpack_rows,
 )
-from service.audit.seals import Sealer, covering, head, horizon, seal_next, seal_pending
-from service.audit.verify import verify
-
-T0 = datetime(2026, 1, 7, 14, 30, 2, tzinfo=UTC)
-
-
-async def add_events(
-    engine: AsyncEngine,
-    n: int,
-    *,
-    is_test: bool = False,
-    time: datetime = T0,
-    identity_id: str | None = None,
-    fetched: bool = True,
-) -> list[uuid.UUID]:
-    """`n` events, each with its notification (and, if `fetched`, its full event) journalled
-    as the intake and the fetcher would, in one transaction."""
-    ids = [uuid.uuid4() for _ in range(n)]
-    async with engine.begin() as conn:
-        for i, event_id in enumerate(ids):
-            moment = time + timedelta(seconds=i)
-            note = json.dumps(
-                {
-                    "id": str(event_id),
-                    "type": "identity.approved",
-                    "source": "com.paxos",
-                    "time": moment.isoformat(),
-                    "object": "event",
-                    "is_test": is_test,
-                }
-            )
-            await conn.execute(
-                text(
-                    "INSERT INTO events (event_id, type, source, time, object, is_test, "
-                    "deliveries, first_received_at, last_received_at, receipt_times, status, "
-                    "fetched_at, identity_id) VALUES (:id, 'identity.approved', 'com.paxos', "
-                    ":time, 'event', :is_test, 1, now(), now(), ARRAY[now()], :status, "
-                    ":fetched_at, :identity)"
-                ),
-                {
-                    "id": event_id,
-                    "time": moment,
-                    "is_test": is_test,
-                    "status": "fetched" if fetched else "pending",
-                    "fetched_at": datetime.now(UTC) if fetched else None,
-                    "identity": identity_id,
-                },
-            )
-            await conn.execute(
-                text(
-                    "INSERT INTO journal (event_id, kind, body) "
-                    "VALUES (:id, 'notification', CAST(:body AS json))"
-                ),
-                {"id": event_id, "body": note},
-            )
-            if fetched:
-                await conn.execute(
-                    text(
-                        "INSERT INTO journal (event_id, kind, body) "
-                        "VALUES (:id, 'event', CAST(:body AS json))"
-                    ),
-                    {
-                        "id": event_id,
-                        "body": json.dumps(
-                            {
-                                "id": str(event_id),
-                                "type": "identity.approved",
-                                "identity_id": identity_id,
-                            }
-                        ),
-                    },
-                )
-    return ids
-
-
-async def burn_position(engine: AsyncEngine) -> int:
-    """Take a position and roll back: a gap in the journal's positions, as in production."""
-    conn = await engine.connect()
-    try:
-        await conn.begin()
-        position = await conn.scalar(
-            text(
-                "INSERT INTO journal (event_id, kind, body) "
-                "VALUES (gen_random_uuid(), 'notification', '{}') RETURNING position"
-            )
-        )
-        await conn.rollback()
-    finally:
-        await conn.close()
-    assert position is not None
-    return int(position)
-
+from service.store.audit.seals import covering, head, horizon, seal_next, seal_pending
+from service.store.audit.verify import verify
+from tests.support.audit import add_events, burn_position
 
 AWKWARD_BODIES = [
     '{"id": 1}',

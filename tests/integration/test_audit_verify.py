@@ -3,37 +3,15 @@ triggers off, is found and named with its position or seal; a clean chain verifi
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from typing import Any
-
 import httpx
-import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit.seals import head, seal_pending
-from service.audit.verify import VerifyReport, last_run, verify
-from tests.conftest import read_headers
-from tests.processes import clean_env
-from tests.test_audit_seals import add_events, burn_position
+from service.store.audit.seals import head
+from service.store.audit.verify import VerifyReport, last_run, verify
+from tests.support.audit import add_events, sealed_journal, tamper
+from tests.support.tokens import read_headers
 
 THRESHOLD_S = 3600.0
-
-
-async def tamper(engine: AsyncEngine, statement: str, params: dict[str, Any] | None = None) -> None:
-    """What a superuser could do by hand: triggers off (replica role), then `statement`."""
-    async with engine.begin() as conn:
-        await conn.execute(text("SET LOCAL session_replication_role = replica"))
-        await conn.execute(text(statement), params or {})
-
-
-async def sealed_journal(engine: AsyncEngine) -> None:
-    """Three events (six rows), a burned position, two more (four rows); all sealed."""
-    await add_events(engine, 3)
-    await burn_position(engine)
-    await add_events(engine, 2)
-    assert await seal_pending(engine, max_rows=4)
 
 
 def kinds(report: VerifyReport) -> list[tuple[str, int | None, int | None]]:
@@ -176,43 +154,3 @@ async def test_get_audit_verify(client: httpx.AsyncClient, engine: AsyncEngine) 
         }
     ]
     assert (await client.get("/audit/verify")).status_code == 401
-
-
-def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = clean_env() | {"DATABASE_URL": database_url}
-    return subprocess.run(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "service", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-@pytest.mark.slow
-async def test_the_verify_command(engine: AsyncEngine, database_url: str) -> None:
-    no_seals = cli(database_url, "verify", "--head")
-    assert no_seals.returncode == 2
-    assert "no seals yet" in no_seals.stderr
-
-    await sealed_journal(engine)
-    async with engine.connect() as conn:
-        newest = await head(conn)
-    assert newest is not None
-    shown = cli(database_url, "verify", "--head")
-    assert shown.returncode == 0, shown.stderr
-    assert shown.stdout == newest.hash_hex + "\n"
-
-    clean = cli(database_url, "verify", "--expect-head", newest.hash_hex)
-    assert clean.returncode == 0, clean.stderr
-    assert clean.stdout.startswith("ok: 10 sealed rows checked, sealed through position 11")
-
-    await tamper(engine, "UPDATE journal SET body = '{}' WHERE position = 4")
-    broken = cli(database_url, "verify")
-    assert broken.returncode == 1
-    assert broken.stdout.splitlines()[0] == (
-        "changed_row position 4: row 4 does not hash to what seal 1 holds"
-    )
-    bad = cli(database_url, "verify", "--expect-head", "nothex")
-    assert bad.returncode == 2

@@ -22,11 +22,8 @@ from litestar.datastructures import MultiDict
 from sqlalchemy import delete, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.events import decode_cursor, encode_cursor, parse_query
-from service.store.events import EventFilter, Position
 from service.store.tables import events
-from service.web.problems import InvalidParameter
-from tests.conftest import read_headers
+from tests.support.tokens import read_headers
 
 T0 = datetime(2026, 1, 7, 14, 30, 2, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -467,23 +464,6 @@ async def test_openapi_documents_the_listing_parameters(client: httpx.AsyncClien
 
 
 # --- the pieces, without HTTP -------------------------------------------------------------
-
-
-def test_identity_scope_fixes_the_identity_and_refuses_the_parameter() -> None:
-    query = parse_query(MultiDict([("type", "identity.*")]), identity_id="idt-9")
-    assert query.filters.identity_id == "idt-9"
-    assert query.filters.type_prefixes == ("identity.",)
-    with pytest.raises(InvalidParameter) as refused:
-        parse_query(MultiDict([("identity_id", "idt-1")]), identity_id="idt-9")
-    assert refused.value.extensions["parameter"] == "identity_id"
-
-
-def test_cursor_round_trip_keeps_microseconds() -> None:
-    position = Position(
-        time=datetime(2026, 1, 7, 14, 30, 2, 123456, tzinfo=UTC), event_id=uuid.uuid4()
-    )
-    filters = EventFilter(type_prefixes=("identity.",), is_test=False)
-    assert decode_cursor(encode_cursor(position, filters), filters) == position
 
 
 # --- the property -------------------------------------------------------------------------

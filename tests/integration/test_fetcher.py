@@ -7,27 +7,24 @@ rate limit, Paxos's problems, faults. The database is real.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
 
 import httpx
 import pytest
-from sqlalchemy import Text, func, select, update
+from prometheus_client import REGISTRY
+from sqlalchemy import Text, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from service.app import create_app
-from service.background import build_paxos_client, running_background
+from service.background import running_background
 from service.fetching.fetcher import Fetcher
-from service.paxos.client import ListFilter, PaxosClient
+from service.paxos.client import ListFilter, PaxosClient, build_client
 from service.settings import Settings
 from service.store.fetch_queue import claim_due
-from service.store.tables import events, journal, rate_limits
-from service.telemetry import metrics
-from tests.conftest import ROOT, admin_headers, app_client, read_headers
-from tests.fetching import (
+from service.store.tables import journal, rate_limits
+from tests.support.asgi import app_client
+from tests.support.fetching import (
     FAST,
     Paxos,
     deliver,
@@ -37,6 +34,7 @@ from tests.fetching import (
     rows,
     settle,
 )
+from tests.support.tokens import admin_headers, read_headers
 
 
 async def test_every_notification_becomes_the_full_event(
@@ -95,14 +93,14 @@ async def test_server_errors_and_timeouts_are_retried_until_fetched(
     paxos.state.faults.timeout_rate = 0.1
     paxos.state.faults.timeout_s = 1.0
     await deliver(client, [e.notification() for e in paxos.universe])
-    tokens = build_paxos_client(fetch_settings, engine, paxos.http)._tokens
+    tokens = build_client(fetch_settings, engine, paxos.http).tokens
     fetcher = Fetcher(
         engine,
         PaxosClient(
             paxos.http,
             fetch_settings.paxos_api_url,
             tokens,
-            build_paxos_client(fetch_settings, engine, paxos.http).limiter,
+            build_client(fetch_settings, engine, paxos.http).limiter,
             timeout=httpx.Timeout(0.2),
         ),
         policy=FAST,
@@ -165,13 +163,13 @@ async def test_a_missing_scope_fails_at_once_loudly(
     wrong_scope = paxos_settings(settings, paxos_scope="identity:read_identity")
     sim = next(e for e in paxos.universe if not e.is_test)
     await deliver(client, [sim.notification()])
-    before = metrics.FETCH_CONFIG_ERRORS._value.get()
+    before = REGISTRY.get_sample_value("paxos_fetch_config_errors_total")
     with capture_logs() as logs:
         await settle(engine, new_fetcher(engine, wrong_scope, paxos))
     row = (await rows(engine))[sim.id]
     assert (row["status"], row["attempts"]) == ("failed", 1)
     assert "403" in str(row["last_error"]) and "insufficient scopes" in str(row["last_error"])
-    assert metrics.FETCH_CONFIG_ERRORS._value.get() == before + 1
+    assert REGISTRY.get_sample_value("paxos_fetch_config_errors_total") == before + 1
     loud = [e for e in logs if e["log_level"] == "error"]
     assert len(loud) == 1 and "PAXOS_SCOPE" in loud[0]["event"]
     assert loud[0]["event_id"] == sim.id
@@ -198,7 +196,7 @@ async def test_an_event_that_does_not_match_its_notification_is_not_stored(
 async def test_a_refused_token_is_refreshed_once_and_the_call_retried(
     engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
 ) -> None:
-    client = build_paxos_client(fetch_settings, engine, paxos.http)
+    client = build_client(fetch_settings, engine, paxos.http)
     sim = next(e for e in paxos.universe if not e.is_test)
     await client.get_event(sim.id)
     paxos.state.tokens.clear()  # Paxos forgets (revokes) the token we hold
@@ -210,7 +208,7 @@ async def test_a_refused_token_is_refreshed_once_and_the_call_retried(
 async def test_concurrent_calls_share_one_token_request(
     engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
 ) -> None:
-    client = build_paxos_client(fetch_settings, engine, paxos.http)
+    client = build_client(fetch_settings, engine, paxos.http)
     real = [e for e in paxos.universe if not e.is_test][:20]
     results = await asyncio.gather(*(client.get_event(e.id) for e in real))
     assert [r.event.id for r in results] == [e.id for e in real]
@@ -234,8 +232,8 @@ async def test_a_crashed_workers_claims_come_back_when_the_lease_ends(
 async def test_notify_wakes_the_fetcher_without_waiting_for_the_poll(
     client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
 ) -> None:
-    async with running_background(fetch_settings, engine, paxos.http) as background:
-        background.fetcher._poll_s = 30.0  # the poll alone would take half a minute
+    # The poll alone would take half a minute.
+    async with running_background(fetch_settings, engine, paxos.http, fetch_poll_s=30.0):
         await asyncio.sleep(0.3)  # let the listener connect
         sim = next(e for e in paxos.universe if not e.is_test)
         await deliver(client, [sim.notification()])
@@ -275,34 +273,13 @@ async def test_refetching_a_fetched_event_is_a_conflict(
     assert response.status_code == 409
 
 
-async def test_backfill_pending_makes_failed_events_due(
-    engine: AsyncEngine, client: httpx.AsyncClient, database_url: str, paxos: Paxos
-) -> None:
-    bodies = [e.notification() for e in list(paxos.universe)[:3]]
-    await deliver(client, bodies)
-    async with engine.begin() as conn:
-        await conn.execute(update(events).values(status="failed", next_attempt_at=None))
-    env = {**os.environ, "DATABASE_URL": database_url}
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "backfill", "--pending"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "3 events made due for a new Get Event"
-    assert await pending(engine) == 3
-
-
 @pytest.mark.parametrize("cursors", [True, False])
 @pytest.mark.parametrize("limit", [1, 7, 100])
 async def test_listing_walks_every_event_once(
     engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos, cursors: bool, limit: int
 ) -> None:
     paxos.state.config.cursors = cursors
-    client = build_paxos_client(fetch_settings, engine, paxos.http)
+    client = build_client(fetch_settings, engine, paxos.http)
     seen: list[str] = []
     async for page in client.iter_events(ListFilter(limit=limit)):
         seen.extend(f.event.id for f in page.events)
@@ -331,10 +308,10 @@ async def test_a_fetch_wakes_the_projector_without_waiting_for_its_poll(
     client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
 ) -> None:
     sim = next(e for e in paxos.universe if e.type == "identity.approved" and not e.is_test)
-    async with running_background(fetch_settings, engine, paxos.http) as background:
-        # Polls alone would take half a minute: only the wake-ups can make this quick.
-        background.fetcher._poll_s = 30.0
-        background.projector._poll_s = 30.0
+    # Polls alone would take half a minute: only the wake-ups can make this quick.
+    async with running_background(
+        fetch_settings, engine, paxos.http, fetch_poll_s=30.0, projection_poll_s=30.0
+    ):
         await asyncio.sleep(0.5)  # the listener connects; the first catch-up finds nothing
         await deliver(client, [sim.notification()])
         async with asyncio.timeout(5):

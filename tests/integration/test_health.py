@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.app import create_app
 from service.db.engine import create_engine
 from service.settings import Settings
-from tests.conftest import app_client
-from tests.factories import encode, notification
-from tests.test_webhook_intake import post
+from tests.support.asgi import app_client
+from tests.support.factories import encode, notification
+from tests.support.webhooks import post
 
 
 async def test_live(client: httpx.AsyncClient) -> None:

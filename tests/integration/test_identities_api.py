@@ -8,30 +8,13 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.domain.event import ProjectedEvent
-from service.projections import identity, orchestration, transfer
+from service.domain import orchestration, transfer
 from service.projections.runner import Projector
 from service.settings import Settings
-from tests.conftest import admin_headers, app_client, read_headers
-from tests.fetching import Paxos, deliver, new_fetcher, settle
-from tests.test_projections import append, event, stored_view, view_of_state
-
-
-def _folds(paxos: Paxos) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    identities: dict[str, Any] = {}
-    transfers: dict[str, Any] = {}
-    orchestrations: dict[str, Any] = {}
-    for sim in paxos.universe:  # in (created_at, id) order
-        if sim.is_test:
-            continue
-        e = ProjectedEvent(__import__("uuid").UUID(sim.id), sim.type, sim.created_at, sim.object)
-        if (i := identity.identity_of(e)) is not None:
-            identities[i] = identity.apply(identities.get(i), e)
-        if (t := transfer.subject_of(e, "transfer.")) is not None:
-            transfers[t] = transfer.apply(transfers.get(t), e)
-        if (o := transfer.subject_of(e, "orchestration.")) is not None:
-            orchestrations[o] = orchestration.apply(orchestrations.get(o), e)
-    return identities, transfers, orchestrations
+from tests.support.asgi import app_client
+from tests.support.fetching import Paxos, deliver, new_fetcher, settle
+from tests.support.projections import append, event, stored_view, universe_folds, view_of_state
+from tests.support.tokens import admin_headers, read_headers
 
 
 async def test_projections_of_delivered_and_fetched_events_match_the_folds(
@@ -40,7 +23,7 @@ async def test_projections_of_delivered_and_fetched_events_match_the_folds(
     await deliver(client, [e.notification() for e in reversed(paxos.universe.events)])
     await settle(engine, new_fetcher(engine, fetch_settings, paxos))
     await Projector(engine).catch_up()
-    identities, transfers, orchestrations = _folds(paxos)
+    identities, transfers, orchestrations = universe_folds(paxos)
     assert identities and transfers and orchestrations
     for identity_id, state in identities.items():
         response = await client.get(f"/identities/{identity_id}", headers=read_headers())

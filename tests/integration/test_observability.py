@@ -4,38 +4,25 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import msgspec
 import pytest
-import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
-from service.background import build_paxos_client
 from service.db.engine import create_engine
 from service.fetching.fetcher import Fetcher
-from service.settings import LogFormat, Settings
-from service.telemetry.logs import configure
-from tests.conftest import API_KEY, app_client, read_headers
-from tests.factories import encode, notification
-from tests.fetching import FAST, Paxos, deliver, paxos_settings, settle
+from service.paxos.client import build_client
+from service.settings import Settings
+from tests.support.asgi import app_client
+from tests.support.factories import encode, notification
+from tests.support.fetching import FAST, Paxos, deliver, paxos_settings, settle
+from tests.support.tokens import API_KEY, read_headers
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent
-
-
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    """Logs configured as in production with LOG_FORMAT=json, captured."""
-    stream = io.StringIO()
-    configure("debug", LogFormat.JSON, cache=False, stream=stream)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
 
 
 async def test_metrics_count_webhooks_fetches_and_the_backlog(
@@ -58,7 +45,7 @@ async def test_metrics_count_webhooks_fetches_and_the_backlog(
 
     fetcher = Fetcher(
         engine,
-        build_paxos_client(paxos_settings(settings), engine, paxos.http),
+        build_client(paxos_settings(settings), engine, paxos.http),
         policy=FAST,
         poll_s=0.05,
     )
@@ -86,7 +73,7 @@ async def test_log_lines_about_an_event_carry_its_id(
     await deliver(client, [ghost])
     fetcher = Fetcher(
         engine,
-        build_paxos_client(paxos_settings(settings), engine, paxos.http),
+        build_client(paxos_settings(settings), engine, paxos.http),
         policy=FAST,
         poll_s=0.05,
     )
@@ -171,10 +158,10 @@ async def test_no_secret_reaches_a_log_line_or_an_error_body(
         await deliver_with(client, sim.notification(), secrets["api key"])
         await settle(
             engine,
-            Fetcher(engine, build_paxos_client(cfg, engine, paxos.http), policy=FAST, poll_s=0.05),
+            Fetcher(engine, build_client(cfg, engine, paxos.http), policy=FAST, poll_s=0.05),
         )
         paxos.state.tokens.clear()  # a refused token: refresh path
-        await build_paxos_client(cfg, engine, paxos.http).get_event(sim.id)
+        await build_client(cfg, engine, paxos.http).get_event(sim.id)
     issued_tokens = list(paxos.state.tokens)
     # The database unreachable with a password in its URL.
     url = f"postgresql://paxos:{secrets['database password']}@127.0.0.1:1/nowhere"

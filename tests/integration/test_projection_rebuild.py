@@ -5,26 +5,24 @@ rebuild gives every projection the very rows the runner gives it."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 import service.projections.rebuild as rebuild_module
-from service.projections.rebuild import Progress, _resumed, facts_name, rebuild, shadow_name
-from service.projections.runner import IDENTITIES, PROJECTIONS, Projector
-from service.projections.sql import fold_statement
+from service.projections.rebuild import Progress, rebuild
+from service.projections.runner import Projector
 from service.settings import Settings
-from tests.conftest import read_headers
-from tests.fetching import Paxos, deliver, new_fetcher, settle
-from tests.test_identities_api import _folds
-from tests.test_projections import view_of_state
+from service.store.projections.fold import fold_statement
+from service.store.projections.rebuild import facts_name, shadow_name
+from service.store.projections.registry import IDENTITIES, PROJECTIONS
+from tests.support.fetching import Paxos, deliver, new_fetcher, settle
+from tests.support.projections import universe_folds, view_of_state
+from tests.support.tokens import read_headers
 
 
 async def test_a_rebuild_is_invisible_to_readers_and_keeps_what_lands_meanwhile(
@@ -73,7 +71,7 @@ async def test_a_rebuild_is_invisible_to_readers_and_keeps_what_lands_meanwhile(
     await deliver(client, [e.notification() for e in late])
     await settle(engine, new_fetcher(engine, fetch_settings, paxos))
     await projector.catch_up()
-    identities, _, _ = _folds(paxos)
+    identities, _, _ = universe_folds(paxos)
     for identity_id, state in identities.items():
         body = (await client.get(f"/identities/{identity_id}", headers=read_headers())).json()
         body.pop("updated_at")
@@ -127,44 +125,11 @@ async def test_a_killed_rebuild_resumes_where_it_stopped(
     final = await rebuild(engine, IDENTITIES, batch=4, progress=record)
     assert seen[0].resumed_from >= total // 2
     assert final.phase == "done" and final.done == total
-    identities, _, _ = _folds(paxos)
+    identities, _, _ = universe_folds(paxos)
     for identity_id, state in identities.items():
         body = (await client.get(f"/identities/{identity_id}", headers=read_headers())).json()
         body.pop("updated_at")
         assert body == view_of_state(state)
-
-
-class _Chunk(NamedTuple):
-    lo: int
-    hi: int
-    events: int
-
-
-@given(
-    blocks=st.integers(0, 60),
-    cuts=st.lists(st.integers(0, 60), max_size=20),
-    kept=st.lists(st.booleans(), min_size=21, max_size=21),
-    batch=st.integers(1, 50),
-)
-def test_a_resumed_staging_stages_every_block_not_staged_exactly_once(
-    blocks: int, cuts: list[int], kept: list[bool], batch: int
-) -> None:
-    """Two workers finish chunks out of order, so a killed staging may have kept any of
-    them: what is left to stage, chunk by chunk, is every other block of the plan, once."""
-    bounds = sorted({0, blocks, *(c for c in cuts if c < blocks)})
-    chunks = [
-        _Chunk(lo, hi, hi - lo)
-        for (lo, hi), keep in zip(itertools.pairwise(bounds), kept, strict=False)
-        if keep
-    ]
-    staging = _resumed(horizon=9, filenode=1, blocks=blocks, batch=batch, staged=chunks)
-    assert staging.events == sum(c.events for c in chunks)
-    handed: list[int] = []
-    while (chunk := staging.take()) is not None:
-        assert chunk[0] < chunk[1]
-        handed.extend(range(*chunk))
-    staged = [b for c in chunks for b in range(c.lo, c.hi)]
-    assert sorted(handed + staged) == list(range(blocks))
 
 
 async def _tables(engine: AsyncEngine, tables: tuple[str, ...]) -> dict[str, list[Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -15,142 +15,15 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.api.projections import identity_view
-from service.domain.event import ProjectedEvent, time_ns
-from service.projections import identity, read
+from service.domain.event import time_ns
 from service.projections.rebuild import rebuild
-from service.projections.runner import IDENTITIES, Projector, apply_batch, ensure_checkpoints, lag
-from service.simulator.universe import format_rfc3339_ns, parse_rfc3339_ns
-
-# --- helpers (also used by the API and rebuild tests) ---------------------------------------
-
-
-def event(
-    type_: str, obj: dict[str, Any], created_at: str, event_id: uuid.UUID | None = None
-) -> dict[str, Any]:
-    """A full Paxos event body as Get Event returns it."""
-    return {
-        "id": str(event_id or uuid.uuid4()),
-        "type": type_,
-        "object_type": "x",
-        "object": obj,
-        "created_at": created_at,
-        "undelivered_webhooks": 0,
-    }
-
-
-async def append(
-    engine: AsyncEngine, bodies: Iterable[dict[str, Any]], *, is_test: bool = False
-) -> None:
-    """Record fetched events as the fetcher does: events row + journal `event` row, in one
-    transaction; a second append of an id adds nothing (the journal is unique by id)."""
-    async with engine.begin() as conn:
-        for body in bodies:
-            params = {"id": uuid.UUID(body["id"]), "type": body["type"], "is_test": is_test}
-            await conn.execute(
-                text(
-                    "INSERT INTO events (event_id, type, source, time, object, is_test, status) "
-                    "VALUES (:id, :type, 'com.paxos', now(), 'event', :is_test, 'fetched') "
-                    "ON CONFLICT (event_id) DO NOTHING"
-                ),
-                params,
-            )
-            await conn.execute(
-                text(
-                    "INSERT INTO journal (event_id, kind, body) "
-                    "VALUES (:id, 'event', CAST(:body AS json)) ON CONFLICT DO NOTHING"
-                ),
-                {"id": params["id"], "body": msgspec.json.encode(body).decode()},
-            )
-
-
-def fold(bodies: Iterable[dict[str, Any]], identity_id: str) -> identity.IdentityState | None:
-    """The specification: distinct events in created_at order, folded."""
-    events = {b["id"]: msgspec.convert(b, ProjectedEvent) for b in bodies}
-    ordered = sorted(
-        (e for e in events.values() if e.key is not None),
-        key=lambda e: e.key,  # type: ignore[arg-type, return-value]
-    )
-    state = None
-    for e in ordered:
-        if identity.identity_of(e) == identity_id:
-            state = identity.apply(state, e)
-    return state
-
-
-def view_of_state(state: identity.IdentityState) -> dict[str, Any]:
-    """What GET /identities/{id} should answer for a folded state (updated_at aside)."""
-    return {
-        "identity_id": state.identity_id,
-        "summary_status": state.summary_status,
-        "required_documents": list(state.required_documents or []),
-        "kyc_refresh": {
-            "state": state.kyc_state,
-            "last_refresh_at": state.kyc_last_refresh_at,
-            "next_refresh_at": state.kyc_next_refresh_at,
-        },
-        "controls": [
-            {
-                "control_id": c.control_id,
-                "control_type": c.control_type,
-                "set_by": c.set_by,
-                "is_overridable": c.is_overridable,
-                "reason_code": c.reason_code,
-                "created_at": c.created_at,
-            }
-            for c in state.active_controls
-        ],
-        "last_event_id": str(state.last.event_id),
-        "last_event_type": state.last_event_type,
-        "last_event_time": state.last_event_time,
-        "events_count": state.events_count,
-    }
-
-
-def view_of_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The API's answer for a stored row, updated_at aside."""
-    view = msgspec.to_builtins(identity_view(row))
-    view.pop("updated_at")
-    return view  # type: ignore[no-any-return]
-
-
-async def stored_view(engine: AsyncEngine, identity_id: str) -> dict[str, Any] | None:
-    async with engine.connect() as conn:
-        row = await read.get_identity(conn, identity_id)
-    return None if row is None else view_of_row(row)
-
+from service.projections.runner import Projector
+from service.simulator.universe import format_rfc3339_ns
+from service.store.projections.checkpoints import apply_batch, ensure_checkpoints, lag
+from service.store.projections.registry import IDENTITIES
+from tests.support.projections import append, event, fold, stored_view, view_of_state
 
 # --- the ordering key ---------------------------------------------------------------------
-
-
-@given(st.integers(min_value=-(2**62), max_value=2**62), st.sampled_from(["Z", "+02:00", "-05:30"]))
-def test_time_ns_agrees_with_the_rfc3339_parser(ns: int, zone: str) -> None:
-    text_ = format_rfc3339_ns(ns)
-    if zone != "Z":
-        # The same instant written with an offset.
-        sign = 1 if zone[0] == "+" else -1
-        shift = sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * 10**9
-        local = format_rfc3339_ns(ns + shift)
-        text_ = local[:-1] + zone
-    assert time_ns(text_) == parse_rfc3339_ns(text_) == ns
-
-
-def test_unreadable_times_have_no_key() -> None:
-    for bad in [
-        "",
-        "2025-01-01",
-        "2025-01-01T00:00:00",
-        "yesterday",
-        "9999-01-01T00:00:00Z",
-        5,
-        "2025-13-01T00:00:00Z",
-        "2025-01-00T00:00:00Z",
-        "2025-01-01T24:00:00Z",
-        "2025-01-01T00:00:00+24:00",
-        "2025-01-01T00:00:00.Z",
-        "2025-01-01T00:00:00\u0663Z",
-    ]:
-        assert time_ns(bad) is None
 
 
 # RFC 3339's range of each two-digit field of a time.
@@ -591,27 +464,3 @@ async def test_lag_counts_what_is_not_applied_yet(engine: AsyncEngine) -> None:
 
 def _ids(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [r["identity_id"] for r in rows]
-
-
-def test_pure_fold_ignores_an_older_status_that_arrives_late() -> None:
-    newer = msgspec.convert(
-        event(
-            "identity.approved",
-            {"identity_id": "i", "new_summary_status": "APPROVED"},
-            "2026-01-07T14:30:03Z",
-        ),
-        ProjectedEvent,
-    )
-    older = msgspec.convert(
-        event(
-            "identity.denied",
-            {"identity_id": "i", "new_summary_status": "DENIED"},
-            "2026-01-07T14:30:02Z",
-        ),
-        ProjectedEvent,
-    )
-    state = identity.apply(identity.apply(None, newer), older)
-    assert state is not None
-    assert state.summary_status == "APPROVED"
-    assert state.events_count == 2
-    assert state.last_event_type == "identity.approved"

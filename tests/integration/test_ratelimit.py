@@ -10,17 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db.engine import create_engine
 from service.paxos.ratelimit import RateLimiter
-
-
-def max_in_any_window(times: list[float], window: float = 1.0) -> int:
-    """The most events in any half-open window [t, t + window) starting at an event."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, start in enumerate(times):
-        while j < len(times) and times[j] < start + window:
-            j += 1
-        best = max(best, j - i)
-    return best
+from tests.support.ratelimit import max_in_any_window
 
 
 async def test_two_limiters_on_one_row_share_the_rate(

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import msgspec
@@ -17,29 +13,23 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.background import build_paxos_client
 from service.jobs.runner import JobRunner
-from service.paxos.client import PaxosClient
+from service.paxos.client import PaxosClient, build_client
 from service.reconciling.reconciler import (
     GRACE,
-    Counts,
-    PassState,
     Reconciler,
-    Window,
     backfill_job,
-    load_pass,
     run_pass,
-    start_pass,
     to_listed,
 )
 from service.settings import Settings
 from service.simulator.server import SimulatorConfig, create_simulator, simulator_state
 from service.simulator.universe import SimEvent, generate_universe
 from service.store.listed import record_listed
+from service.store.reconcile import Counts, PassState, Window, load_pass, start_pass
 from service.store.tables import events, journal, reconcile_missed, reconcile_passes
-from tests.conftest import ROOT, admin_headers, read_headers
-from tests.fetching import PAXOS, Paxos, deliver, paxos_settings
-from tests.processes import clean_env, free_port, running, wait_http
+from tests.support.fetching import PAXOS, Paxos, deliver, paxos_settings
+from tests.support.tokens import admin_headers, read_headers
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 END = START + timedelta(days=1)
@@ -55,7 +45,7 @@ async def sim() -> AsyncIterator[Paxos]:
 
 
 def paxos_client(settings: Settings, engine: AsyncEngine, sim: Paxos) -> PaxosClient:
-    return build_paxos_client(paxos_settings(settings), engine, sim.http)
+    return build_client(paxos_settings(settings), engine, sim.http)
 
 
 async def stored(engine: AsyncEngine) -> dict[str, dict[str, object]]:
@@ -331,82 +321,3 @@ async def test_a_bad_backfill_request_is_named(
     response = await client.post("/admin/backfill", json=body, headers=admin_headers())
     assert response.status_code == status
     assert mentions in response.json()["detail"]
-
-
-@pytest.mark.slow
-async def test_backfill_command_prints_its_counts_and_resumes(
-    engine: AsyncEngine, database_url: str, tmp_path: Path
-) -> None:
-    port = free_port()
-    paxos = f"http://127.0.0.1:{port}"
-    until = "2026-11-01T00:00:00Z"
-    env = clean_env(
-        DATABASE_URL=database_url,
-        PAXOS_API_URL=f"{paxos}/v2",
-        PAXOS_TOKEN_URL=f"{paxos}/oauth2/token",
-        PAXOS_CLIENT_ID="c",
-        PAXOS_CLIENT_SECRET="s",
-        PAXOS_API_RPS="200",
-        LOG_LEVEL="warning",
-    )
-    with running(
-        [
-            "simulate",
-            "api",
-            "--port",
-            str(port),
-            "--events",
-            "150",
-            "--test-ratio",
-            "0.1",
-            "--seed",
-            "9",
-            "--until",
-            until,
-            "--client-id",
-            "c",
-            "--client-secret",
-            "s",
-            "--rate",
-            "1000",
-        ],
-        env,
-        tmp_path / "sim.log",
-    ):
-        await asyncio.to_thread(wait_http, f"{paxos}/_simulator/stats")
-        args = [
-            sys.executable,
-            "-m",
-            "service",
-            "backfill",
-            "--since",
-            "2026-10-31T00:00:00Z",
-            "--until",
-            until,
-        ]
-        first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
-        second = subprocess.run(
-            [*args, "--include-test"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
-        bad = subprocess.run(
-            [*args[:4], "--until", "yesterday"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
-    assert first.returncode == 0, first.stderr
-    assert "135 events found" in first.stdout and "135 missing" in first.stdout
-    assert "0 already known" in first.stdout
-    assert second.returncode == 0, second.stderr
-    assert "150 events found" in second.stdout and "15 missing" in second.stdout
-    assert "135 already known" in second.stdout
-    assert bad.returncode == 2 and "RFC 3339" in bad.stderr
-    assert len(await stored(engine)) == 150
-    assert os.environ.get("PAXOS_CLIENT_SECRET") != "s"  # the test did not leak its env

@@ -1,41 +1,35 @@
-"""Security: failed-authentication throttling, auth on every route of the OpenAPI document,
-and no secret in a log line or an error body on the failure paths that
+"""Security: failed-authentication throttling in the app, auth on every route of the OpenAPI
+document, and no secret in a log line or an error body on the failure paths that
 test_observability.py does not already drive (OAuth Basic, JWT, admin tokens, throttled
-answers, Paxos refusing our credentials, a database unreachable at start-up)."""
+answers, Paxos refusing our credentials). The throttle on its own is in
+tests/unit/test_security.py; a real server, in tests/process/test_security.py."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
-import logging
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
-from service.background import build_paxos_client
 from service.fetching.fetcher import Fetcher
-from service.settings import LogFormat, Settings, WebhookAuth
+from service.paxos.client import build_client
+from service.settings import Settings, WebhookAuth
 from service.store.tables import events
-from service.telemetry.logs import configure
-from service.web.throttle import FailureThrottle
-from tests.conftest import ADMIN_TOKEN, API_KEY, READ_TOKEN, running
-from tests.factories import encode, notification
-from tests.fetching import FAST, Paxos, paxos_settings
-from tests.processes import ROOT, clean_env, free_port, wait_http
-from tests.processes import running as running_process
+from tests.support.asgi import running
+from tests.support.factories import encode, notification
+from tests.support.fetching import FAST, Paxos, paxos_settings
+from tests.support.secrets import SECRETS, assert_no_secret
+from tests.support.tokens import ADMIN_TOKEN, API_KEY, READ_TOKEN, bearer
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent
@@ -44,16 +38,6 @@ ATTACKER = ("203.0.113.7", 40000)
 BYSTANDER = ("198.51.100.9", 40000)
 OAUTH_ID = "paxos"
 OAUTH_SECRET = "oauth-client-secret"
-
-
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    """Logs configured as in production with LOG_FORMAT=json, captured."""
-    stream = io.StringIO()
-    configure("debug", LogFormat.JSON, cache=False, stream=stream)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
 
 
 Connect = Callable[[tuple[str, int]], httpx.AsyncClient]
@@ -80,44 +64,6 @@ async def serving(
         finally:
             for client in clients:
                 await client.aclose()
-
-
-# --- the throttle on its own ----------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_an_address_is_throttled_after_the_limit_and_released_as_failures_leak() -> None:
-    clock = Clock()
-    throttle = FailureThrottle(limit=4, window_s=60, clock=clock)
-    for _ in range(3):
-        throttle.failed("a")
-        assert throttle.retry_after("a") is None
-    throttle.failed("a")
-    assert throttle.retry_after("a") == 15  # one failure leaks away every 60/4 s
-    assert throttle.retry_after("b") is None
-    clock.now += 14
-    assert throttle.retry_after("a") in (1, 2)  # a second or so left, give or take rounding
-    clock.now += 1.01
-    assert throttle.retry_after("a") is None
-    throttle.failed("a")  # one more try, then blocked again
-    assert throttle.retry_after("a") == 15
-
-
-def test_the_table_of_addresses_is_bounded() -> None:
-    throttle = FailureThrottle(limit=1, window_s=60, max_clients=100, clock=Clock())
-    for i in range(10_000):
-        throttle.failed(f"10.0.{i // 256}.{i % 256}")
-    assert len(throttle) == 100
-    # The most recent failures are the ones kept.
-    assert throttle.retry_after("10.0.39.15") is not None
-    assert throttle.retry_after("10.0.0.0") is None
 
 
 # --- the throttle in the app: every route that authenticates --------------------------------
@@ -230,7 +176,7 @@ async def test_throttled_requests_are_counted_in_the_metrics(
         attacker, bystander = connect(ATTACKER), connect(BYSTANDER)
 
         async def throttled_total() -> float:
-            text = (await bystander.get("/metrics", headers=_bearer(READ_TOKEN))).text
+            text = (await bystander.get("/metrics", headers=bearer(READ_TOKEN))).text
             line = next(x for x in text.splitlines() if x.startswith("paxos_auth_throttled_total"))
             return float(line.split()[-1])
 
@@ -242,10 +188,6 @@ async def test_throttled_requests_are_counted_in_the_metrics(
 
 
 # --- every route of the OpenAPI document refuses the wrong credentials ----------------------
-
-
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def _fill(path: str, operation: dict[str, Any]) -> str:
@@ -302,7 +244,7 @@ async def test_every_route_in_the_openapi_document_refuses_missing_and_wrong_cre
                     kind, wrong = "webhook", {"X-Api-Key": "wrong-key"}
                 else:
                     kind = "admin" if schemes == {"adminToken"} else "read"
-                    wrong = _bearer("wrong-token")
+                    wrong = bearer("wrong-token")
                 for headers in ({}, wrong, {"Authorization": "Basic d3Jvbmc6d3Jvbmc="}):
                     response = await call(headers)
                     assert response.status_code == 401, (route, headers, response.text)
@@ -310,13 +252,13 @@ async def test_every_route_in_the_openapi_document_refuses_missing_and_wrong_cre
                     assert response.headers["www-authenticate"]
                     assert response.json()["status"] == 401
                 if kind == "admin":
-                    response = await call(_bearer(READ_TOKEN))
+                    response = await call(bearer(READ_TOKEN))
                     assert response.status_code == 403, (route, response.text)
                     assert response.json()["type"].endswith("/forbidden")
-                    assert (await call(_bearer(ADMIN_TOKEN))).status_code not in (401, 403)
+                    assert (await call(bearer(ADMIN_TOKEN))).status_code not in (401, 403)
                 elif kind == "read":
                     for token in (READ_TOKEN, ADMIN_TOKEN):
-                        assert (await call(_bearer(token))).status_code not in (401, 403), route
+                        assert (await call(bearer(token))).status_code not in (401, 403), route
                 walked[kind].add(template)
     # The walk covered the API as it is today (and covers new routes by itself).
     assert {"/events", "/events/{event_id}", "/identities", "/metrics"} <= walked["read"]
@@ -324,70 +266,7 @@ async def test_every_route_in_the_openapi_document_refuses_missing_and_wrong_cre
     assert walked["webhook"] == {"/webhooks/paxos"}
 
 
-# --- X-Forwarded-For and the throttle, on a real server -------------------------------------
-
-
-@pytest.mark.slow
-def test_x_forwarded_for_counts_only_from_trusted_proxies(
-    database_url: str, tmp_path: Path
-) -> None:
-    def start(port: int, **extra: str) -> Any:
-        env = clean_env(
-            DATABASE_URL=database_url,
-            PORT=str(port),
-            WEBHOOK_API_KEYS=API_KEY,
-            API_READ_TOKENS=READ_TOKEN,
-            API_ADMIN_TOKENS=ADMIN_TOKEN,
-            PAXOS_CLIENT_ID="unused",
-            PAXOS_CLIENT_SECRET="unused",
-            AUTH_FAILURE_LIMIT="2",
-            **extra,
-        )
-        return running_process(["serve", "--no-background"], env, tmp_path / f"serve-{port}.log")
-
-    def get(port: int, token: str, forwarded_for: str) -> int:
-        return httpx.get(
-            f"http://127.0.0.1:{port}/events",
-            headers={**_bearer(token), "X-Forwarded-For": forwarded_for},
-        ).status_code
-
-    # Not trusted (the default): every request counts against the peer, 127.0.0.1, so
-    # changing the header does not escape the throttle.
-    port = free_port()
-    with start(port):
-        wait_http(f"http://127.0.0.1:{port}/health/live")
-        assert get(port, "wrong", "203.0.113.1") == 401
-        assert get(port, "wrong", "203.0.113.2") == 401
-        assert get(port, READ_TOKEN, "203.0.113.3") == 429
-    # Behind a trusted proxy, the forwarded address is the client's.
-    port = free_port()
-    with start(port, TRUSTED_PROXIES="127.0.0.1"):
-        wait_http(f"http://127.0.0.1:{port}/health/live")
-        assert get(port, "wrong", "203.0.113.1") == 401
-        assert get(port, "wrong", "203.0.113.1") == 401
-        assert get(port, READ_TOKEN, "203.0.113.1") == 429
-        assert get(port, READ_TOKEN, "198.51.100.2") == 200
-
-
 # --- no secret in a log line or an error body -----------------------------------------------
-
-SECRETS = {
-    "api key": "apikey-SECRET-11",
-    "oauth client secret": "oauth-SECRET-12",
-    "read token": "read-SECRET-13",
-    "admin token": "admin-SECRET-14",
-    "paxos client secret": "paxos-SECRET-15",
-    "guessed secret": "guess-SECRET-16",
-    "database password": "dbpass-SECRET-17",
-}
-
-
-def _assert_no_secret(logged: str, bodies: list[str], extra: dict[str, str] | None = None) -> None:
-    assert logged, "the scenario must have logged something"
-    for name, secret in {**SECRETS, **(extra or {})}.items():
-        assert secret not in logged, f"{name} in a log line"
-        for body in bodies:
-            assert secret not in body, f"{name} in an error body: {body}"
 
 
 async def test_no_secret_on_the_authentication_failure_paths(
@@ -427,9 +306,9 @@ async def test_no_secret_on_the_authentication_failure_paths(
         )
         issued = ok.json()["access_token"]
         for headers in (
-            _bearer(guess),
-            _bearer(issued + "x"),
-            _bearer(issued[:-5]),
+            bearer(guess),
+            bearer(issued + "x"),
+            bearer(issued[:-5]),
             {"Authorization": guess},
         ):
             response = await client.post(
@@ -440,14 +319,14 @@ async def test_no_secret_on_the_authentication_failure_paths(
             assert response.status_code == 401
             bodies.append(response.text)
         for path in ("/admin/reconciliation", "/events"):
-            response = await client.get(path, headers=_bearer(SECRETS["admin token"] + "x"))
+            response = await client.get(path, headers=bearer(SECRETS["admin token"] + "x"))
             assert response.status_code == 401
             bodies.append(response.text)
         # Over the limit now: the throttled answer must not echo what was sent either.
-        response = await client.get("/events", headers=_bearer(SECRETS["admin token"]))
+        response = await client.get("/events", headers=bearer(SECRETS["admin token"]))
         assert response.status_code == 429
         bodies.append(response.text)
-    _assert_no_secret(json_logs.getvalue(), bodies, {"issued token": issued})
+    assert_no_secret(json_logs.getvalue(), bodies, {"issued token": issued})
 
 
 async def test_no_secret_when_a_jwt_is_refused(
@@ -482,12 +361,12 @@ async def test_no_secret_when_a_jwt_is_refused(
             response = await client.post(
                 "/webhooks/paxos",
                 content=encode(notification()),
-                headers={"Content-Type": "application/json", **_bearer(token)},
+                headers={"Content-Type": "application/json", **bearer(token)},
             )
             assert response.status_code in (401, 503)
             bodies.append(response.text)
     assert jwks_calls >= 1
-    _assert_no_secret(json_logs.getvalue(), bodies, {"token": tokens[1]})
+    assert_no_secret(json_logs.getvalue(), bodies, {"token": tokens[1]})
 
 
 async def test_no_secret_when_paxos_refuses_our_credentials_or_fails(
@@ -503,7 +382,7 @@ async def test_no_secret_when_paxos_refuses_our_credentials_or_fails(
             headers={"Content-Type": "application/json", "X-Api-Key": API_KEY},
         )
         assert response.status_code == 200
-    paxos_client = build_paxos_client(cfg, engine, paxos.http)
+    paxos_client = build_client(cfg, engine, paxos.http)
     # The simulator knows another secret: every token request is refused (401).
     fetcher = Fetcher(engine, paxos_client, policy=FAST, poll_s=0.05)
     task = asyncio.create_task(fetcher.run())
@@ -518,66 +397,4 @@ async def test_no_secret_when_paxos_refuses_our_credentials_or_fails(
     assert paxos.state.token_requests >= 2
     logged = json_logs.getvalue()
     assert "token" in logged  # the refusals were logged, and what follows checks how
-    _assert_no_secret(logged, [])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("command", [["migrate"], ["serve", "--no-background"], ["worker"]])
-def test_no_database_password_when_the_database_cannot_be_reached(
-    command: list[str], tmp_path: Path
-) -> None:
-    port = free_port()  # nothing listens there
-    password = SECRETS["database password"]
-    env = clean_env(
-        DATABASE_URL=f"postgresql://paxos:{password}@127.0.0.1:{free_port()}/events",
-        PORT=str(port),
-        WEBHOOK_API_KEYS=SECRETS["api key"],
-        API_READ_TOKENS=SECRETS["read token"],
-        API_ADMIN_TOKENS=SECRETS["admin token"],
-        PAXOS_CLIENT_ID="paxos-client",
-        PAXOS_CLIENT_SECRET=SECRETS["paxos client secret"],
-        PAXOS_API_URL="http://127.0.0.1:1/v2",
-        PAXOS_TOKEN_URL="http://127.0.0.1:1/token",
-        LOG_LEVEL="debug",
-        LOG_FORMAT="json",
-    )
-    log = tmp_path / "out.log"
-    bodies: list[str] = []
-    if command[0] == "migrate":
-        result = subprocess.run(
-            [sys.executable, "-m", "service", *command],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            timeout=60,
-        )
-        assert result.returncode != 0
-        output = (result.stdout + result.stderr).decode()
-        assert "Traceback" not in output, output
-        lines = [x for x in output.splitlines() if x.startswith("paxos-events: ")]
-        assert lines == [lines[0]] and "database unreachable" in lines[0], output
-    else:
-        with running_process(command, env, log) as process:
-            if command[0] == "serve":
-                wait_http(f"http://127.0.0.1:{port}/health/live")
-                for response in (
-                    httpx.get(f"http://127.0.0.1:{port}/health/ready"),
-                    httpx.post(
-                        f"http://127.0.0.1:{port}/webhooks/paxos",
-                        content=encode(notification()),
-                        headers={
-                            "Content-Type": "application/json",
-                            "X-Api-Key": SECRETS["api key"],
-                        },
-                    ),
-                    httpx.get(
-                        f"http://127.0.0.1:{port}/events", headers=_bearer(SECRETS["read token"])
-                    ),
-                ):
-                    assert response.status_code == 503, response.text
-                    bodies.append(response.text)
-            else:
-                time.sleep(3)  # the worker tries, fails, and retries
-            assert process.poll() is None or process.returncode != 0
-        output = log.read_text()
-    _assert_no_secret(output, bodies)
+    assert_no_secret(logged, [])

@@ -15,16 +15,10 @@ from service.app import create_app
 from service.db.engine import create_engine
 from service.settings import Settings
 from service.store.tables import events, journal
-from tests.conftest import API_KEY, app_client
-from tests.factories import encode, notification
-
-HEADERS = {"Content-Type": "application/json", "X-Api-Key": API_KEY}
-
-
-async def post(
-    client: httpx.AsyncClient, body: bytes, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    return await client.post("/webhooks/paxos", content=body, headers=headers or HEADERS)
+from tests.support.asgi import app_client
+from tests.support.factories import encode, notification
+from tests.support.tokens import API_KEY
+from tests.support.webhooks import HEADERS, post
 
 
 async def journal_rows(engine: AsyncEngine, event_id: uuid.UUID | str) -> int:

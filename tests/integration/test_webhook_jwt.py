@@ -1,7 +1,8 @@
 """WEBHOOK_AUTH=jwt: bearer JWTs of an outside identity provider, verified against its JWKS.
 
 The identity provider is an outside system, so its JWKS endpoint is faked with
-`httpx.MockTransport` on the app's shared HTTP client; our code runs for real.
+`httpx.MockTransport` on the app's shared HTTP client; our code runs for real. The
+authenticator's key set on its own is in tests/unit/test_webhook_jwt.py.
 """
 
 from __future__ import annotations
@@ -20,59 +21,32 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
-from service.intake.jwt import MAX_AGE_S, REFETCH_INTERVAL_S, AuthUnavailable, JwtAuthenticator
 from service.settings import Settings, WebhookAuth
 from service.store.tables import events
-from service.web.problems import Unauthenticated
-from tests.conftest import app_client
-from tests.factories import encode, notification
+from tests.support.asgi import app_client
+from tests.support.factories import encode, notification
+from tests.support.jwt import (
+    AUDIENCE,
+    EC384_KEY,
+    EC_KEY,
+    ED_KEY,
+    ISSUER,
+    JWKS_URL,
+    ROTATED_RSA_KEY,
+    RSA_KEY,
+    IdentityProvider,
+    Key,
+    claims,
+    mint,
+    public_jwk,
+)
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent
-
-ISSUER = "https://idp.example.test/"
-AUDIENCE = "https://paxos-event-store.example.test/webhooks"
-JWKS_URL = "https://idp.example.test/.well-known/jwks.json"
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-ROTATED_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-EC384_KEY = ec.generate_private_key(ec.SECP384R1())
-ED_KEY = ed25519.Ed25519PrivateKey.generate()
-
-Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-
-
-def public_jwk(key: Key, kid: str, **extra: str) -> dict[str, Any]:
-    """The JWK an identity provider would publish for `key`."""
-    public = key.public_key()
-    jwk: dict[str, Any]
-    if isinstance(public, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-    elif isinstance(public, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-    else:
-        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
-    return {**jwk, "kid": kid, "use": "sig", **extra}
-
-
-def claims(**overrides: Any) -> dict[str, Any]:
-    """Valid claims with `overrides`; None removes a claim."""
-    now = int(time.time())
-    base = {"iss": ISSUER, "aud": AUDIENCE, "sub": "paxos", "iat": now, "exp": now + 300}
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def mint(key: Key, alg: str, kid: str | None = "rsa-1", **overrides: Any) -> str:
-    headers = {"kid": kid} if kid is not None else None
-    return jwt.encode(claims(**overrides), key, algorithm=alg, headers=headers)
 
 
 def b64url(data: bytes) -> str:
@@ -87,56 +61,6 @@ def hs256_by_hand(secret: bytes, kid: str) -> str:
     return f"{header}.{payload}.{b64url(signature)}"
 
 
-class IdentityProvider:
-    """The JWKS endpoint of an outside identity provider, counting the fetches it serves."""
-
-    def __init__(self, keys: list[dict[str, Any]]) -> None:
-        self.keys = keys
-        self.requests = 0
-        self.failure: str | None = None  # "down", "500", "not-json", "no-keys"
-        self.delay_s = 0.0
-
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        assert str(request.url) == JWKS_URL
-        self.requests += 1
-        if self.delay_s:
-            # Keeps the fetch in flight so concurrent requests overlap with it.
-            await asyncio.sleep(self.delay_s)
-        if self.failure == "down":
-            raise httpx.ConnectError("connection refused", request=request)
-        if self.failure == "500":
-            return httpx.Response(500, text="oops")
-        if self.failure == "not-json":
-            return httpx.Response(200, text="<html>login</html>")
-        if self.failure == "no-keys":
-            return httpx.Response(200, json={"keys": [{"kty": "oct", "k": "c2VjcmV0"}]})
-        return httpx.Response(200, json={"keys": self.keys})
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def idp() -> IdentityProvider:
-    return IdentityProvider(
-        [public_jwk(RSA_KEY, "rsa-1"), public_jwk(EC_KEY, "ec-1"), public_jwk(ED_KEY, "ed-1")]
-    )
-
-
-@pytest.fixture
-async def outbound(idp: IdentityProvider) -> AsyncIterator[httpx.AsyncClient]:
-    """The service's shared HTTP client, wired to the fake identity provider."""
-    async with httpx.AsyncClient(transport=httpx.MockTransport(idp.handle)) as client:
-        yield client
-
-
 @pytest.fixture
 async def jwt_client(
     settings: Settings, engine: AsyncEngine, outbound: httpx.AsyncClient
@@ -149,16 +73,6 @@ async def jwt_client(
     )
     async for client in app_client(create_app(jwt_settings, engine=engine, http_client=outbound)):
         yield client
-
-
-def authenticator(outbound: httpx.AsyncClient, clock: Clock) -> JwtAuthenticator:
-    return JwtAuthenticator(
-        jwks_url=JWKS_URL, issuer=ISSUER, audience=AUDIENCE, client=outbound, clock=clock
-    )
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 async def deliver(client: httpx.AsyncClient, token: str | None) -> httpx.Response:
@@ -350,84 +264,6 @@ async def test_unknown_kids_right_after_a_fetch_cause_no_refetch(
     assert idp.requests == 1
 
 
-async def test_unknown_kid_refetches_once_and_accepts_a_rotated_in_key(
-    outbound: httpx.AsyncClient, idp: IdentityProvider
-) -> None:
-    clock = Clock()
-    auth = authenticator(outbound, clock)
-    await auth.authenticate(bearer(mint(RSA_KEY, "RS256", "rsa-1")))
-    assert idp.requests == 1
-
-    idp.keys = [*idp.keys, public_jwk(ROTATED_RSA_KEY, "rsa-2")]
-    rotated = mint(ROTATED_RSA_KEY, "RS256", "rsa-2")
-    # Within the refetch interval the new kid is not looked up yet: refused, nothing fetched.
-    with pytest.raises(Unauthenticated):
-        await auth.authenticate(bearer(rotated))
-    assert idp.requests == 1
-
-    clock.now += REFETCH_INTERVAL_S + 1
-    await auth.authenticate(bearer(rotated))
-    assert idp.requests == 2
-    await auth.authenticate(bearer(rotated))
-    await auth.authenticate(bearer(mint(RSA_KEY, "RS256", "rsa-1")))
-    assert idp.requests == 2
-
-
-async def test_many_unknown_kids_cause_at_most_one_refetch_per_interval(
-    outbound: httpx.AsyncClient, idp: IdentityProvider
-) -> None:
-    clock = Clock()
-    auth = authenticator(outbound, clock)
-    await auth.authenticate(bearer(mint(RSA_KEY, "RS256")))
-    clock.now += REFETCH_INTERVAL_S + 1
-    idp.delay_s = 0.05
-
-    async def attempt(kid: str) -> Unauthenticated | None:
-        try:
-            await auth.authenticate(bearer(mint(RSA_KEY, "RS256", kid)))
-        except Unauthenticated as exc:
-            return exc
-        return None
-
-    results = await asyncio.gather(*(attempt(f"unknown-{i}") for i in range(50)))
-    assert all(isinstance(r, Unauthenticated) for r in results)
-    assert idp.requests == 2  # the first fetch, and one refetch for all fifty
-    results = await asyncio.gather(*(attempt(f"more-{i}") for i in range(50)))
-    assert all(isinstance(r, Unauthenticated) for r in results)
-    assert idp.requests == 2
-
-
-async def test_cached_keys_outlive_a_jwks_outage(
-    outbound: httpx.AsyncClient, idp: IdentityProvider
-) -> None:
-    clock = Clock()
-    auth = authenticator(outbound, clock)
-    token = mint(RSA_KEY, "RS256")
-    await auth.authenticate(bearer(token))
-    idp.failure = "down"
-    clock.now += MAX_AGE_S + 1
-    # The keys are due for a refresh that fails: the cached ones keep working.
-    await auth.authenticate(bearer(token))
-    assert idp.requests == 2
-    # And the failed attempt is rate-limited too.
-    await auth.authenticate(bearer(token))
-    assert idp.requests == 2
-
-
-async def test_a_withdrawn_key_is_refused_after_the_cache_ages(
-    outbound: httpx.AsyncClient, idp: IdentityProvider
-) -> None:
-    clock = Clock()
-    auth = authenticator(outbound, clock)
-    token = mint(RSA_KEY, "RS256", "rsa-1")
-    await auth.authenticate(bearer(token))
-    idp.keys = [public_jwk(ROTATED_RSA_KEY, "rsa-2")]
-    clock.now += MAX_AGE_S + 1
-    with pytest.raises(Unauthenticated) as refused:
-        await auth.authenticate(bearer(token))
-    assert refused.value.detail == "token signed by an unknown key"
-
-
 @pytest.mark.parametrize("failure", ["down", "500", "not-json", "no-keys"])
 async def test_jwks_unavailable_without_cached_keys_is_503(
     jwt_client: httpx.AsyncClient, engine: AsyncEngine, idp: IdentityProvider, failure: str
@@ -445,31 +281,4 @@ async def test_jwks_unavailable_without_cached_keys_is_503(
     assert await stored_events(engine) == 0
     # Within the interval, more deliveries do not hammer the provider.
     assert (await deliver(jwt_client, token)).status_code == 503
-    assert idp.requests == 1
-
-
-async def test_jwks_recovery_is_picked_up_after_the_interval(
-    outbound: httpx.AsyncClient, idp: IdentityProvider
-) -> None:
-    clock = Clock()
-    auth = authenticator(outbound, clock)
-    idp.failure = "down"
-    token = mint(RSA_KEY, "RS256")
-    with pytest.raises(AuthUnavailable):
-        await auth.authenticate(bearer(token))
-    idp.failure = None
-    clock.now += REFETCH_INTERVAL_S + 1
-    await auth.authenticate(bearer(token))
-    assert idp.requests == 2
-
-
-async def test_concurrent_fetches_are_single_flight_even_without_a_rate_limit(
-    outbound: httpx.AsyncClient, idp: IdentityProvider
-) -> None:
-    auth = JwtAuthenticator(
-        jwks_url=JWKS_URL, issuer=ISSUER, audience=AUDIENCE, client=outbound, refetch_interval_s=0
-    )
-    idp.delay_s = 0.05
-    token = mint(RSA_KEY, "RS256")
-    await asyncio.gather(*(auth.authenticate(bearer(token)) for _ in range(20)))
     assert idp.requests == 1

@@ -22,8 +22,9 @@ from service.db.engine import create_engine
 from service.intake.oauth import AUDIENCE, ISSUER, load_signing_key
 from service.settings import Settings, WebhookAuth
 from service.store.tables import events, service_keys
-from tests.conftest import API_KEY, app_client
-from tests.factories import encode, notification
+from tests.support.asgi import app_client
+from tests.support.factories import encode, notification
+from tests.support.tokens import API_KEY
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent

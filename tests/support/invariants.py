@@ -12,7 +12,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.projections.rebuild import rebuild
-from service.projections.runner import PROJECTIONS, lag
+from service.store.projections.checkpoints import lag
+from service.store.projections.registry import PROJECTIONS
 from service.store.tables import events, journal
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def free_port() -> int:
@@ -198,3 +198,16 @@ def wait_ready(base: str, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{base} was not live within {timeout} s")
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service *args` against `database_url`, run to its end."""
+    env = clean_env() | {"DATABASE_URL": database_url}
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "service", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

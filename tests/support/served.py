@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 
 from service.db.engine import plain_url, with_database
-from tests.conftest import ADMIN_TOKEN, API_KEY, READ_TOKEN
-from tests.processes import clean_env, free_port, running, wait_http
+from tests.support.processes import clean_env, free_port, running, wait_http
+from tests.support.tokens import ADMIN_TOKEN, API_KEY, READ_TOKEN
 
 
 @dataclass(frozen=True)

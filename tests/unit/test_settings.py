@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from service.settings import Settings, SettingsError, WebhookAuth
+from tests.support.paths import ROOT
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent
 
-ROOT = Path(__file__).resolve().parent.parent
 VALID = {"WEBHOOK_API_KEYS": "k1"}
 
 
@@ -191,31 +188,6 @@ def test_secrets_stay_out_of_repr() -> None:
     text = repr(s)
     for secret in ("dbpass", "key-123", "oauth-secret", "paxos-secret", "read-tok", "admin-tok"):
         assert secret not in text
-
-
-def test_a_bad_setting_stops_the_start_with_one_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "PAXOS_"))}
-    env.update(
-        PORT="eighty",
-        DATA_DIR=str(tmp_path),
-        PAXOS_CLIENT_ID="x",
-        PAXOS_CLIENT_SECRET="y",
-        WEBHOOK_API_KEYS="k",
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [
-        "paxos-events: configuration error: PORT: must be a whole number from 1 to 65535, "
-        "got 'eighty'"
-    ]
 
 
 def test_the_readme_documents_every_setting() -> None:

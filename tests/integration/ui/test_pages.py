@@ -19,11 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
 from service.settings import Settings
+from service.store.console import TRANSFER_EVENTS_SQL, transfer_events
 from service.store.tables import events, jobs
-from service.ui import queries
-from tests.conftest import ADMIN_TOKEN, READ_TOKEN, running
-from tests.factories import notification
-from tests.fetching import deliver
+from tests.support.asgi import running
+from tests.support.factories import notification
+from tests.support.fetching import deliver
+from tests.support.tokens import ADMIN_TOKEN, READ_TOKEN
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -392,9 +393,9 @@ async def test_a_transfers_timeline_reads_its_own_events_only(engine: AsyncEngin
         await conn.execute(insert(events), [*ours, *others])
         await conn.execute(text("ANALYZE events"))
     async with engine.connect() as conn:
-        timeline = await queries.transfer_events(conn, "tr-ours")
+        timeline = await transfer_events(conn, "tr-ours")
         plan = await conn.scalar(
-            text("EXPLAIN (ANALYZE, FORMAT JSON) " + queries.TRANSFER_EVENTS_SQL),
+            text("EXPLAIN (ANALYZE, FORMAT JSON) " + TRANSFER_EVENTS_SQL),
             {"id": "tr-ours", "limit": 100},
         )
     newest_first = sorted(ours, key=lambda e: e["time"], reverse=True)  # type: ignore[arg-type, return-value]
@@ -478,8 +479,8 @@ async def test_signing_out_ends_the_session(app: object) -> None:
 async def test_seals_and_verification_show_once_they_exist(
     app: object, client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    from service.audit.seals import seal_pending
-    from service.audit.verify import verify
+    from service.store.audit.seals import seal_pending
+    from service.store.audit.verify import verify
 
     body = notification(type="identity.approved")
     await deliver(client, [body])

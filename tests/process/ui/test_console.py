@@ -2,9 +2,9 @@
 listening on a real port, fed by the Paxos simulator through its real webhook intake, with
 the fetcher, projector and job runner running in the background as in `serve`.
 
-Screenshots of every page go to tests/ui/screenshots/ (not committed; docs/console.png is one).
-Playwright's own browser downloads are never used: only /usr/bin/chromium, which `make test`
-installs from Debian's packages.
+Screenshots of every page go to tests/process/ui/screenshots/ (not committed; docs/console.png
+is one). Playwright's own browser downloads are never used: only /usr/bin/chromium, which
+`make test` installs from Debian's packages.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
-from service.projections.runner import lag
 from service.settings import Settings
+from service.store.projections.checkpoints import lag
 from service.store.tables import events
-from tests.conftest import ADMIN_TOKEN, API_KEY, READ_TOKEN
-from tests.factories import encode, notification
-from tests.fetching import Paxos, paxos_settings
-from tests.processes import free_port
+from tests.support.factories import encode, notification
+from tests.support.fetching import Paxos, paxos_settings
+from tests.support.paths import ROOT
+from tests.support.processes import free_port
+from tests.support.tokens import ADMIN_TOKEN, API_KEY, READ_TOKEN
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -236,7 +237,7 @@ async def test_an_operator_walks_the_console(service: Service, chromium) -> None
     await page.wait_for_url(re.compile(r"type=identity\.\*"))
     types = await page.locator("table.events tbody th a").all_inner_texts()
     real_identity = [
-        e for e in service.simulator.universe if e.type.startswith("identity.") and not e.is_test
+        e for e in service.paxos.universe if e.type.startswith("identity.") and not e.is_test
     ]
     assert len(types) == min(len(real_identity), 50)
     assert all(t.startswith("identity.") for t in types)
@@ -322,11 +323,11 @@ async def test_an_operator_walks_the_console(service: Service, chromium) -> None
     plain_page = await plain.new_page()
     await _sign_in(plain_page, url, READ_TOKEN)
     rows = await plain_page.locator("table.events tbody tr").count()
-    assert rows == min(len(service.simulator.universe), 50)
+    assert rows == min(len(service.paxos.universe), 50)
     await plain.close()
     await admin.close()
 
 
 def test_screenshots_are_not_committed() -> None:
-    ignored = (Path(__file__).resolve().parents[2] / ".gitignore").read_text().splitlines()
-    assert "tests/ui/screenshots/" in ignored
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "tests/process/ui/screenshots/" in ignored

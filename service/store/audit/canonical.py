@@ -1,4 +1,4 @@
-"""The canonical forms an auditor re-implements (README "Audit trail"): a journal row's hash
+"""The canonical forms an auditor re-implements (docs/audit.md): a journal row's hash
 and a seal's hash.
 
 Row hash: SHA-256 over the UTF-8 bytes of

@@ -22,7 +22,6 @@ leave the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -31,8 +30,8 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.audit.canonical import GENESIS_HASH, ROW_HASH_SQL, seal_hash, unpack_rows
 from service.settings import Settings
+from service.store.audit.canonical import GENESIS_HASH, ROW_HASH_SQL, seal_hash, unpack_rows
 
 PROBLEM_KINDS = ("changed_row", "deleted_row", "inserted_row", "broken_link", "unsealed_backlog")
 _SEALS_PER_QUERY = 16
@@ -49,6 +48,7 @@ class Problem:
     seal_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The problem as JSON-ready data."""
         return asdict(self)
 
 
@@ -65,6 +65,7 @@ class VerifyReport:
     head_hash: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (GET /audit/verify, `verify --json`)."""
         return {
             "ok": self.ok,
             "sealed_through": self.sealed_through,
@@ -356,11 +357,3 @@ class _Checker:
                     position=row.first,
                 )
             )
-
-
-def problem_lines(report: VerifyReport) -> Iterator[str]:
-    """The report for a terminal, one line per problem."""
-    for p in report.problems:
-        where = f" position {p.position}" if p.position is not None else ""
-        where += f" seal {p.seal_id}" if p.seal_id is not None and p.position is None else ""
-        yield f"{p.kind}{where}: {p.detail}"

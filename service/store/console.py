@@ -12,12 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Label, text
+from sqlalchemy import Label, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.domain.stored import Event
+from service.domain.stored import EVENT_STATUSES, Event
 from service.store.events import EVENT_COLUMNS
-from service.store.tables import EVENT_STATUSES, TRANSFER_EVENTS, TRANSFER_OBJECT_ID
+from service.store.tables import TRANSFER_EVENTS, TRANSFER_OBJECT_ID, events
+
+
+async def event_status(conn: AsyncConnection, event_id: uuid.UUID) -> str | None:
+    """One event's status, or None if there is no such event (both refetches check it)."""
+    status: str | None = await conn.scalar(
+        select(events.c.status).where(events.c.event_id == event_id)
+    )
+    return status
 
 
 @dataclass(frozen=True, slots=True)

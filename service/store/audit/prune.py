@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit.canonical import row_hash_sql
+from service.store.audit.canonical import row_hash_sql
 
 BATCH_EVENTS = 5000
 

@@ -13,20 +13,15 @@ on), at most `max_rows` rows per seal.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import structlog
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.audit.canonical import GENESIS_HASH, ROW_HASH_SQL, pack_rows, seal_hash
-from service.db.outages import STORE_ERRORS, Outage
-
-log = structlog.get_logger(__name__)
+from service.store.audit.canonical import GENESIS_HASH, ROW_HASH_SQL, pack_rows, seal_hash
 
 SEALER_LOCK = 0x7061786F735F736C  # "paxos_sl"
 MAX_ROWS_PER_SEAL = 10_000
@@ -188,33 +183,3 @@ async def seal_pending(
         if seal.last_position >= through:
             break
     return sealed
-
-
-class Sealer:
-    """The background sealer: seals what is pending every `interval_s` seconds."""
-
-    def __init__(self, engine: AsyncEngine, *, interval_s: float) -> None:
-        self._engine = engine
-        self._interval_s = interval_s
-
-    async def run(self) -> None:
-        outage = Outage("sealing", first_s=self._interval_s, cap_s=self._interval_s)
-        while True:
-            try:
-                sealed = await seal_pending(self._engine)
-                outage.succeeded()
-                if sealed:
-                    log.debug(
-                        "journal sealed",
-                        seals=len(sealed),
-                        through=sealed[-1].last_position,
-                        head=sealed[-1].hash_hex,
-                    )
-            except asyncio.CancelledError:
-                raise
-            except STORE_ERRORS as exc:
-                # The database is away: said once, not with a traceback every interval.
-                outage.failed(exc)
-            except Exception:  # noqa: BLE001 - the next round tries again
-                log.exception("sealing failed; retrying next interval")
-            await asyncio.sleep(self._interval_s)

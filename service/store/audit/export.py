@@ -6,7 +6,7 @@ and every kept receipt time, the fetch time) and, for each of its journal rows (
 notification as received, the full event as fetched), the row's position, `recorded_at`, its
 canonical hash and its body as the exact text stored, a JSON string: exactly what the seal
 chain hashes, so an auditor can recompute each row's hash from the export alone and match it
-with the seals (README "Audit trail").
+with the seals (docs/audit.md).
 
 The last record is a trailer: how many events, the journal positions they span, the seals
 covering those positions and whether every exported row is sealed.
@@ -33,8 +33,8 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit.canonical import canonical_time, row_hash_sql
-from service.audit.seals import SealInfo, covering, head
+from service.store.audit.canonical import canonical_time, row_hash_sql
+from service.store.audit.seals import SealInfo, covering, head
 
 FORMATS = ("jsonl", "csv")
 BATCH = 1000

@@ -10,14 +10,15 @@ Two pieces, each one SQL text, composed in two ways:
   (`ORDER BY subject, ns DESC, event_id DESC`) and upsert with "only if newer" guards.
 
 The runner applies a batch with one statement, extract then fold, that also moves the
-checkpoint, all in the caller's transaction (`apply_statement`). A rebuild runs the same two
-pieces apart (`stage_statement`, `fold_statement`): it extracts the whole journal into a
+checkpoint, all in the caller's transaction (`apply_statement`, which `checkpoints.apply_batch`
+runs). A rebuild runs the same two pieces apart (`stage_statement`, `fold_statement`, which
+`rebuild.py` runs): it extracts the whole journal into a
 staging table, in chunks on several connections at once (the extract is most of the work), then
 folds the staging table into the empty shadow tables, one part of the subjects at a time on
 each connection, so each subject is upserted once instead of once per batch. A loop per event in
 Python would be two orders of magnitude slower (the rebuild benchmark needs 100,000
-events/s); the pure folds (`identity.py`, ...) specify what this must compute, and a property
-test holds the two together.
+events/s); the pure folds (`service.domain.identity`, ...) specify what this must compute, and
+a property test holds the two together.
 
 Table names are parameters (never user input) so that a rebuild can fill shadow tables with
 the very same text.
@@ -31,6 +32,7 @@ from functools import lru_cache
 
 from sqlalchemy import TextClause, text
 
+from service.domain import orchestration, transfer
 from service.domain.event import FIELD_RANGES
 from service.domain.identity import (
     CONTROL_CREATED,
@@ -419,34 +421,31 @@ class _Spec:
     facts: Mapping[str, str]  # column -> SQL over the parsed `p.type` and `p.obj`
 
 
-def _spec(name: str) -> _Spec:
-    from service.domain.orchestration import FIELDS as ORCHESTRATION_FIELDS
-    from service.domain.transfer import FIELDS as TRANSFER_FIELDS
+# The projections whose subject is its newest event (`service.domain.latest`): their table's
+# key column, the event types they read and the object fields they keep.
+_LATEST = {
+    "transfers": ("transfer_id", transfer.PREFIX, transfer.FIELDS),
+    "orchestrations": ("orchestration_id", orchestration.PREFIX, orchestration.FIELDS),
+}
 
+
+def _spec(name: str) -> _Spec:
     if name == "identities":
         return _Spec("identity.", "identity_id", _IDENTITY_FACTS)
-    fields = {"transfers": TRANSFER_FIELDS, "orchestrations": ORCHESTRATION_FIELDS}[name]
+    _, prefix, fields = _LATEST[name]
     # Object fields are prefixed: the transfer's own `type` is not the event's.
     facts = {"subject_id": _string("id"), **{f"o_{f}": _string(f) for f in fields}}
-    return _Spec(name[:-1] + ".", "subject_id", facts)
+    return _Spec(prefix, "subject_id", facts)
 
 
 def _fold(name: str, tables: Mapping[str, str], upsert: bool = True) -> str:
     """The fold's CTEs; `upsert=False` for tables known to hold none of the subjects (an
     emptied shadow, folded one part of the subjects at a time): plain INSERTs then give the
     same rows, and the tables need no key while they fill."""
-    from service.domain.orchestration import FIELDS as ORCHESTRATION_FIELDS
-    from service.domain.transfer import FIELDS as TRANSFER_FIELDS
-
     if name == "identities":
         return _identities(tables, upsert)
-    if name == "transfers":
-        return _latest_state(tables["transfers"], "transfer_id", TRANSFER_FIELDS, upsert)
-    if name == "orchestrations":
-        return _latest_state(
-            tables["orchestrations"], "orchestration_id", ORCHESTRATION_FIELDS, upsert
-        )
-    raise KeyError(name)
+    key, _, fields = _LATEST[name]
+    return _latest_state(tables[name], key, fields, upsert)
 
 
 def _extract(spec: _Spec) -> str:

@@ -1,0 +1,1 @@
+"""The audit trail's statements: seals over the journal, verification, exports, pruning."""

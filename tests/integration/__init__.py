@@ -1,0 +1,1 @@
+"""Integration tests: a real, migrated PostgreSQL and the app through httpx.ASGITransport."""

@@ -1,0 +1,1 @@
+"""Process tests: real subprocesses and sockets (servers, workers, crashes, outages, a browser)."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests of every tier: plain functions and constants, no fixtures."""
