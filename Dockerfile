@@ -1,4 +1,5 @@
-# The service image: the same package `make run` installs, run as an unprivileged user.
+# The service image: the same package `make run` installs, without the optional embedded
+# PostgreSQL (`[embedded]`): a deployment sets DATABASE_URL. Run as an unprivileged user.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1

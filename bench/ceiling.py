@@ -9,7 +9,7 @@ cost nothing; `bench.ingest` divides the real server's rate by this one.
 
 It is a bench-only app, never a route of the service:
 
-    PORT=8001 WEBHOOK_API_KEYS=bench-key .venv/bin/python -m bench.ceiling
+    PORT=8001 WEBHOOK_API_KEYS=bench-key-000000001 .venv/bin/python -m bench.ceiling
 
 It reads the service's settings from the environment (only the webhook ones matter).
 """

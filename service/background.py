@@ -3,6 +3,8 @@ started and stopped as one.
 
 `serve` runs them beside the HTTP service unless `--no-background`; `worker` runs only them.
 Any number of processes may run them at once: all coordination goes through Postgres.
+Without Paxos credentials (a `serve` that only takes webhooks in) the parts that call Paxos,
+the fetcher, the reconciler and backfill jobs, are not started.
 """
 
 from __future__ import annotations
@@ -26,23 +28,42 @@ from service.projections.runner import PROJECTION_POLL_S, Projector
 from service.reconciling.reconciler import Reconciler, backfill_job
 from service.settings import Settings
 from service.store.jobs import JOBS_CHANNEL, Handler
+from service.store.subscriptions import SUBSCRIPTIONS_CHANNEL
+from service.subscriptions.delivery import RetryPolicy as PushRetryPolicy
+from service.subscriptions.runner import Deliveries
 
 log = structlog.get_logger(__name__)
 
 
+FETCHING_OFF = "fetching is off until PAXOS_CLIENT_ID and PAXOS_CLIENT_SECRET are set"
+
+
 @dataclass
 class Background:
-    client: PaxosClient
-    fetcher: Fetcher
+    client: PaxosClient | None  # None: no Paxos credentials, nothing is fetched
+    fetcher: Fetcher | None
     jobs: JobRunner
     projector: Projector
 
 
+def fetching_mode(settings: Settings, *, background: bool) -> str:
+    """What `/health/ready` says of fetching in this process: `on` (it runs the fetcher),
+    `workers` (`serve --no-background`: left to `worker` processes), or `off` (no Paxos
+    credentials: webhooks are stored, nothing is fetched)."""
+    if not background:
+        return "workers"
+    return "on" if settings.has_paxos_credentials else "off"
+
+
 def job_handlers(
-    settings: Settings, engine: AsyncEngine, client: PaxosClient
+    settings: Settings, engine: AsyncEngine, client: PaxosClient | None
 ) -> dict[str, Handler]:
-    """What each kind of job does. One place, so every process runs every kind."""
-    return {"backfill": backfill_job(engine, client), "rebuild": rebuild_job(engine)}
+    """What each kind of job does. One place, so every process runs every kind it can: a
+    process without Paxos credentials leaves backfills queued for one that has them."""
+    handlers: dict[str, Handler] = {"rebuild": rebuild_job(engine)}
+    if client is not None:
+        handlers["backfill"] = backfill_job(engine, client)
+    return handlers
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -73,40 +94,61 @@ async def running_background(
     NOTIFY woke them for (tests lengthen them to show that the wake-ups alone suffice)."""
     if not settings.database_url:
         raise ValueError("the background parts need settings.database_url (for LISTEN)")
-    client = build_client(settings, engine, http)
-    fetcher = Fetcher(
-        engine,
-        client,
-        policy=RetryPolicy(
-            horizon_s=settings.fetch_retry_horizon_s, cap_s=settings.fetch_retry_max_delay_s
-        ),
-        lease_s=settings.fetch_lease_s,
-        poll_s=fetch_poll_s,
-    )
+    client: PaxosClient | None = None
+    fetcher: Fetcher | None = None
+    tasks: list[asyncio.Task[None]] = []
+    if settings.has_paxos_credentials:
+        client = build_client(settings, engine, http)
+        fetcher = Fetcher(
+            engine,
+            client,
+            policy=RetryPolicy(
+                horizon_s=settings.fetch_retry_horizon_s, cap_s=settings.fetch_retry_max_delay_s
+            ),
+            lease_s=settings.fetch_lease_s,
+            poll_s=fetch_poll_s,
+        )
+        reconciler = Reconciler(
+            engine,
+            client,
+            interval_s=settings.reconcile_interval_s,
+            lookback_s=settings.reconcile_lookback_s,
+            include_test=settings.reconcile_include_test,
+        )
+        tasks += [
+            asyncio.create_task(supervise("fetcher", fetcher.run), name="fetcher"),
+            asyncio.create_task(supervise("reconciler", reconciler.run), name="reconciler"),
+        ]
+    else:
+        # Webhooks are still taken in and stored (pending); /health/ready says fetching: off.
+        log.warning(FETCHING_OFF)
     jobs = JobRunner(engine, job_handlers(settings, engine, client))
     projector = Projector(engine, poll_s=projection_poll_s)
+    # Push subscriptions: every process delivers (leases share the work between them).
+    deliveries = Deliveries(
+        engine,
+        allow_private=settings.subscription_allow_private_urls,
+        policy=PushRetryPolicy(
+            horizon_s=settings.subscription_retry_horizon_s,
+            cap_s=settings.subscription_retry_max_delay_s,
+        ),
+    )
     # One LISTEN connection per process wakes each part when its kind of work arrives.
     wakeups = {
-        PENDING_CHANNEL: [fetcher.wakeup],
         JOBS_CHANNEL: [jobs.wakeup],
-        FETCHED_CHANNEL: [projector.wakeup],
+        FETCHED_CHANNEL: [projector.wakeup, deliveries.wakeup],
+        SUBSCRIPTIONS_CHANNEL: [deliveries.changed],
     }
+    if fetcher is not None:
+        wakeups[PENDING_CHANNEL] = [fetcher.wakeup]
     database_url = settings.database_url
-    reconciler = Reconciler(
-        engine,
-        client,
-        interval_s=settings.reconcile_interval_s,
-        lookback_s=settings.reconcile_lookback_s,
-        include_test=settings.reconcile_include_test,
-    )
     # The audit trail's sealer: one at a time across processes (an advisory lock).
     sealer = Sealer(engine, interval_s=settings.seal_interval_s)
-    tasks = [
-        asyncio.create_task(supervise("fetcher", fetcher.run), name="fetcher"),
-        asyncio.create_task(supervise("reconciler", reconciler.run), name="reconciler"),
+    tasks += [
         asyncio.create_task(supervise("jobs", jobs.run), name="jobs"),
         asyncio.create_task(supervise("projector", projector.run), name="projector"),
         asyncio.create_task(supervise("sealer", sealer.run), name="sealer"),
+        asyncio.create_task(supervise("subscriptions", deliveries.run), name="subscriptions"),
         asyncio.create_task(
             supervise("listener", lambda: listen(database_url, wakeups)), name="notify-listener"
         ),

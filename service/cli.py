@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -14,7 +13,7 @@ import click
 import structlog
 
 from service.db.runtime import run, run_with_engine
-from service.settings import Settings, SettingsError, WebhookAuth
+from service.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     # Only for annotations: commands import what they use when they run, so `--help` is quick.
@@ -28,46 +27,45 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def load_settings(*, demo: bool | None = False, check: bool = True) -> Settings:
-    """Settings from the environment, or exit with one line naming the bad one.
-
-    `demo=None` means "demo if no Paxos credentials are set" (what `serve` does).
-    """
-    try:
-        settings = Settings.from_env(os.environ)
-        if demo is None:
-            demo = not settings.has_paxos_credentials
-        if demo:
-            settings = _demo_defaults(settings)
-        if check:
-            settings.check(demo=demo)
-    except SettingsError as exc:
-        _fail(f"configuration error: {exc}")
-    from service.telemetry.logs import configure
-
-    configure(settings.log_level, settings.log_format)
+def load_settings(*, check: bool = True) -> Settings:
+    """Settings from the environment, or exit with one line naming the bad one."""
+    settings = _read_settings()
+    if check:
+        _check(settings, demo=False)
+    _configure_logs(settings)
     return settings
 
 
-def _demo_defaults(settings: Settings) -> Settings:
-    """Fill in what a demo needs and a new user has not set: random tokens and keys."""
-    changes: dict[str, object] = {}
-    if not settings.api_read_tokens:
-        changes["api_read_tokens"] = (secrets.token_urlsafe(24),)
-    if not settings.api_admin_tokens:
-        changes["api_admin_tokens"] = (secrets.token_urlsafe(24),)
-    if settings.webhook_auth is WebhookAuth.API_KEY and not settings.webhook_api_keys:
-        changes["webhook_api_keys"] = (secrets.token_urlsafe(24),)
-    return settings.replace(**changes)
+def _read_settings() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except SettingsError as exc:
+        _fail(f"configuration error: {exc}")
+
+
+def _check(settings: Settings, *, demo: bool) -> None:
+    try:
+        settings.check(demo=demo)
+    except SettingsError as exc:
+        _fail(f"configuration error: {exc}")
+
+
+def _configure_logs(settings: Settings) -> None:
+    from service.telemetry.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
 
 def database_url(settings: Settings) -> str:
     """DATABASE_URL, or the embedded server's (started if needed) when it is unset."""
     if settings.database_url:
         return settings.database_url
-    from service.db.engine import start_embedded_postgres
+    from service.db.engine import EmbeddedPostgresMissing, start_embedded_postgres
 
-    return start_embedded_postgres(settings.data_dir)
+    try:
+        return start_embedded_postgres(settings.data_dir)
+    except EmbeddedPostgresMissing as exc:
+        _fail(str(exc))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,8 +79,9 @@ def cli() -> None:
     "--demo",
     is_flag=True,
     help="Demo mode: a built-in Paxos simulator to fetch from and sample webhooks from it; "
-    "missing tokens and keys are made up and printed. "
-    "The default when no Paxos credentials are set.",
+    "missing tokens and keys are made up and printed. The default only on the embedded "
+    "database with nothing configured (no Paxos credentials, API tokens or webhook "
+    "credentials); never with DATABASE_URL unless asked for.",
 )
 @click.option(
     "--no-background",
@@ -97,8 +96,18 @@ def serve(demo: bool, no_background: bool) -> None:
     from service.db.migrations import upgrade
     from service.web.serving import server_config as guarded_server_config
 
-    settings = load_settings(demo=True if demo else None)
-    demo = demo or not settings.has_paxos_credentials
+    settings = _read_settings()
+    # Demo mode writes made-up events into an append-only journal: only when asked for, or on
+    # a first `make run` (the embedded database, nothing configured). Never implied on a
+    # DATABASE_URL, where the journal may be a real deployment's.
+    demo = demo or settings.configures_nothing
+    made_up: frozenset[str] = frozenset()
+    if demo:
+        from service.simulator.demo import fill_in
+
+        settings, made_up = fill_in(settings)
+    _check(settings, demo=demo)
+    _configure_logs(settings)
     url = database_url(settings)
     if not settings.database_url:
         # The embedded database is ours alone: keep it migrated.
@@ -112,8 +121,9 @@ def serve(demo: bool, no_background: bool) -> None:
     if demo:
         from service.simulator.demo import banner, serve_demo
 
-        # The banner is for the person at the terminal, not for the log stream.
-        click.echo(banner(settings), err=True)
+        # The banner is for the person at the terminal, not for the log stream; it shows only
+        # the secrets it made up, never a configured one.
+        click.echo(banner(settings, made_up), err=True)
         run(serve_demo(settings, server_config))
     else:
         uvicorn.Server(server_config(settings)).run()
@@ -438,19 +448,104 @@ def prune(days: int) -> None:
             "sealed yet",
             err=True,
         )
+    if result.skipped_unconfirmed:
+        click.echo(
+            f"{result.skipped_unconfirmed} older events notified as test events kept: Paxos "
+            "has not confirmed them as test events (docs/audit.md)",
+            err=True,
+        )
 
 
 @cli.command()
-def migrate() -> None:
-    """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
-    from service.db.migrations import current_revision, upgrade
+@click.option(
+    "--grant-to",
+    metavar="ROLE",
+    help="Then give ROLE, the role the service runs as, what it needs and no more: it owns "
+    "no evidence, so append-only holds against its credentials (docs/deploying.md).",
+)
+def migrate(grant_to: str | None) -> None:
+    """Apply database migrations (alembic upgrade head) to DATABASE_URL, as the role that owns
+    the tables."""
+    from service.db.migrations import NotTheOwner, current_revision, upgrade
+    from service.store.privileges import (
+        Granted,
+        ServiceRoleError,
+        check_service_role,
+        grant_service_role,
+    )
 
-    async def upgrade_to_head(engine: AsyncEngine) -> str | None:
+    async def upgrade_to_head(engine: AsyncEngine) -> tuple[str | None, Granted | None]:
+        if grant_to is not None:
+            async with engine.connect() as conn:  # before anything changes
+                await check_service_role(conn, grant_to)
         await upgrade(engine)
-        return await current_revision(engine)
+        if grant_to is None:
+            return await current_revision(engine), None
+        async with engine.begin() as conn:
+            granted = await grant_service_role(conn, grant_to)
+        return await current_revision(engine), granted
 
-    revision = run_with_engine(database_url(load_settings(check=False)), upgrade_to_head)
+    try:
+        revision, granted = run_with_engine(
+            database_url(load_settings(check=False)), upgrade_to_head
+        )
+    except (NotTheOwner, ServiceRoleError) as exc:
+        _fail(str(exc))
     click.echo(f"database at revision {revision}")
+    if granted is not None:
+        click.echo(
+            f"granted {granted.role} the service's privileges on {len(granted.tables)} tables; "
+            f"it owns {', '.join(granted.owned)}; {granted.migration_role} owns the rest"
+        )
+
+
+@cli.command("rotate-webhook-key")
+def rotate_webhook_key() -> None:
+    """Replace the database key of the webhook OAuth tokens (WEBHOOK_AUTH=oauth): every token
+    issued before is refused, and Paxos gets a new one from /oauth/token."""
+    from service.intake.oauth import KEY_MAX_AGE_S, rotate_signing_key
+
+    run_with_engine(database_url(load_settings(check=False)), rotate_signing_key)
+    click.echo(
+        "webhook token key replaced: tokens issued before are refused (by running processes "
+        f"within {KEY_MAX_AGE_S:g} s); Paxos gets a new token from /oauth/token"
+    )
+
+
+@cli.command()
+@click.option("--type", "types", multiple=True, help="Only this type, or prefix.* (repeatable).")
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    help="Start after this journal position (0: from the start); default: from now on.",
+)
+@click.option("--include-test", is_flag=True, help="Also show test events.")
+def tail(types: tuple[str, ...], after: int | None, include_test: bool) -> None:
+    """Follow the feed on the terminal: one line per full event (position, time, type, id,
+    identity or object), in journal order, gap-safe, until Ctrl-C."""
+    from service.api.tail import tail as follow_feed
+    from service.store.feed import FeedFilter
+    from service.web.problems import InvalidParameter
+    from service.web.query import parse_types
+
+    try:
+        exact, prefixes = parse_types(list(types))
+    except InvalidParameter as exc:
+        raise click.BadParameter(exc.detail.partition(": ")[2], param_hint="--type") from None
+    where = FeedFilter(types=exact, type_prefixes=prefixes, is_test=None if include_test else False)
+    url = database_url(load_settings(check=False))
+
+    def write(text: str) -> None:
+        click.echo(text)
+
+    try:
+        run_with_engine(
+            url,
+            lambda engine: follow_feed(engine, url, where, after=after, write=write),
+            pool_size=2,
+        )
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def _register_simulate() -> None:

@@ -39,6 +39,9 @@ class LogFormat(enum.StrEnum):
 SANDBOX_API_URL = "https://api.sandbox.paxos.com/v2"
 SANDBOX_TOKEN_URL = "https://oauth.sandbox.paxos.com/oauth2/token"  # noqa: S105 - a URL
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# The shortest key or token we accept for a secret the deployment chooses itself (webhook keys,
+# our OAuth client secret, read and admin tokens): 16 characters, e.g. `secrets.token_urlsafe(24)`.
+MIN_SECRET_LENGTH = 16
 
 
 def _secret() -> Any:
@@ -63,6 +66,9 @@ class Settings:
     webhook_jwt_jwks_url: str | None = None
     webhook_jwt_issuer: str | None = None
     webhook_jwt_audience: str | None = None
+    # Pinning the identity provider's client (empty: any): accepted `sub`, `azp`/`client_id`.
+    webhook_jwt_subjects: tuple[str, ...] = ()
+    webhook_jwt_azp: tuple[str, ...] = ()
     webhook_max_body_bytes: int = 65536
 
     paxos_api_url: str = SANDBOX_API_URL
@@ -103,6 +109,15 @@ class Settings:
     http_max_header_bytes: int = 32768
     http_max_connections: int = 1000
 
+    # Push subscriptions (service/subscriptions/): whether URLs may lead to loopback, link-local
+    # or private addresses (demo, tests); how long a delivery is retried before the
+    # subscription becomes `failing`; the longest wait between two attempts (the backoff
+    # doubles from 5 s up to it); how long a rotated-out signing secret still signs.
+    subscription_allow_private_urls: bool = False
+    subscription_retry_horizon_s: int = 3 * 86400
+    subscription_retry_max_delay_s: int = 3600
+    subscription_secret_grace_s: int = 86400
+
     log_level: str = "info"
     log_format: LogFormat = LogFormat.CONSOLE
 
@@ -120,13 +135,15 @@ class Settings:
             port=r.get("PORT", _int_in(1, 65535), 8000),
             webhook_auth=r.get("WEBHOOK_AUTH", _choice(WebhookAuth), WebhookAuth.API_KEY),
             webhook_api_key_header=r.get("WEBHOOK_API_KEY_HEADER", _header_name, "X-Api-Key"),
-            webhook_api_keys=r.get("WEBHOOK_API_KEYS", _csv, ()),
+            webhook_api_keys=r.get("WEBHOOK_API_KEYS", _secrets_csv, ()),
             webhook_oauth_client_id=r.get("WEBHOOK_OAUTH_CLIENT_ID", _nonempty, None),
-            webhook_oauth_client_secret=r.get("WEBHOOK_OAUTH_CLIENT_SECRET", _nonempty, None),
+            webhook_oauth_client_secret=r.get("WEBHOOK_OAUTH_CLIENT_SECRET", _secret_value, None),
             webhook_oauth_token_ttl_s=r.get("WEBHOOK_OAUTH_TOKEN_TTL_S", _int_in(60, 86400), 3600),
             webhook_jwt_jwks_url=r.get("WEBHOOK_JWT_JWKS_URL", _http_url, None),
             webhook_jwt_issuer=r.get("WEBHOOK_JWT_ISSUER", _nonempty, None),
             webhook_jwt_audience=r.get("WEBHOOK_JWT_AUDIENCE", _nonempty, None),
+            webhook_jwt_subjects=r.get("WEBHOOK_JWT_SUBJECTS", _csv, ()),
+            webhook_jwt_azp=r.get("WEBHOOK_JWT_AZP", _csv, ()),
             webhook_max_body_bytes=r.get("WEBHOOK_MAX_BODY_BYTES", _int_in(256, 10_485_760), 65536),
             paxos_api_url=r.get("PAXOS_API_URL", _http_url, SANDBOX_API_URL),
             paxos_token_url=r.get("PAXOS_TOKEN_URL", _http_url, SANDBOX_TOKEN_URL),
@@ -141,8 +158,8 @@ class Settings:
             ),
             fetch_retry_max_delay_s=r.get("FETCH_RETRY_MAX_DELAY_S", _int_in(2, 86400), 900),
             fetch_lease_s=r.get("FETCH_LEASE_S", _int_in(15, 3600), 60),
-            api_read_tokens=r.get("API_READ_TOKENS", _csv, ()),
-            api_admin_tokens=r.get("API_ADMIN_TOKENS", _csv, ()),
+            api_read_tokens=r.get("API_READ_TOKENS", _secrets_csv, ()),
+            api_admin_tokens=r.get("API_ADMIN_TOKENS", _secrets_csv, ()),
             reconcile_interval_s=r.get("RECONCILE_INTERVAL_S", _int_in(1, 86400), 300),
             reconcile_lookback_s=r.get("RECONCILE_LOOKBACK_S", _int_in(0, 30 * 86400), 86400),
             reconcile_include_test=r.get("RECONCILE_INCLUDE_TEST", _bool, False),
@@ -157,6 +174,16 @@ class Settings:
             http_request_timeout_s=r.get("HTTP_REQUEST_TIMEOUT_S", _int_in(1, 3600), 15),
             http_max_header_bytes=r.get("HTTP_MAX_HEADER_BYTES", _int_in(1024, 1_048_576), 32768),
             http_max_connections=r.get("HTTP_MAX_CONNECTIONS", _int_in(1, 1_000_000), 1000),
+            subscription_allow_private_urls=r.get("SUBSCRIPTION_ALLOW_PRIVATE_URLS", _bool, False),
+            subscription_retry_horizon_s=r.get(
+                "SUBSCRIPTION_RETRY_HORIZON_S", _int_in(60, 90 * 86400), 3 * 86400
+            ),
+            subscription_retry_max_delay_s=r.get(
+                "SUBSCRIPTION_RETRY_MAX_DELAY_S", _int_in(1, 86400), 3600
+            ),
+            subscription_secret_grace_s=r.get(
+                "SUBSCRIPTION_SECRET_GRACE_S", _int_in(0, 30 * 86400), 86400
+            ),
             log_level=r.get("LOG_LEVEL", _choice_str(LOG_LEVELS), "info"),
             log_format=r.get("LOG_FORMAT", _choice(LogFormat), LogFormat.CONSOLE),
         )
@@ -206,6 +233,27 @@ class Settings:
     @property
     def has_paxos_credentials(self) -> bool:
         return bool(self.paxos_client_id and self.paxos_client_secret)
+
+    @property
+    def configures_nothing(self) -> bool:
+        """No database, Paxos credentials, API tokens or webhook authentication set: a first
+        `make run` on the embedded database, which `serve` answers with the demo."""
+        return not (
+            self.database_url
+            or self.paxos_client_id
+            or self.paxos_client_secret
+            or self.api_read_tokens
+            or self.api_admin_tokens
+            or self.webhook_auth is not WebhookAuth.API_KEY
+            or self.webhook_api_keys
+            or self.webhook_oauth_client_id
+            or self.webhook_oauth_client_secret
+            or self.webhook_jwt_jwks_url
+            or self.webhook_jwt_issuer
+            or self.webhook_jwt_audience
+            or self.webhook_jwt_subjects
+            or self.webhook_jwt_azp
+        )
 
 
 class _Reader:
@@ -289,6 +337,26 @@ def _csv(raw: str) -> tuple[str, ...]:
     values = tuple(v.strip() for v in raw.split(","))
     if any(not v for v in values):
         raise ValueError("has an empty entry (comma-separated values, none empty)")
+    return values
+
+
+def _secret_value(raw: str) -> str:
+    # Never echo the value: it is a secret, however short.
+    if len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"shorter than {MIN_SECRET_LENGTH} characters; choose a longer random value, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+        )
+    return raw
+
+
+def _secrets_csv(raw: str) -> tuple[str, ...]:
+    values = _csv(raw)
+    if any(len(v) < MIN_SECRET_LENGTH for v in values):
+        raise ValueError(
+            f"a value is shorter than {MIN_SECRET_LENGTH} characters; choose longer random "
+            "values, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+        )
     return values
 
 

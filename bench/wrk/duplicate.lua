@@ -8,7 +8,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./"
 dofile(here .. "report.lua")
 
 function init(args)
-   local key = args[1] or "bench-key"
+   local key = args[1] or "bench-key-000000001"
    local header = args[2] or "X-Api-Key"
    local event_id = args[3] or "6f1c8f2e-3b7a-4d2c-9a51-0c7e4b2d9f10"
    local body = '{"id": "' .. event_id .. '", "type": "identity.approved", '

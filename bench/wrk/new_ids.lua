@@ -20,7 +20,7 @@ end
 local headers
 
 function init(args)
-   local key = args[1] or "bench-key"
+   local key = args[1] or "bench-key-000000001"
    local header = args[2] or "X-Api-Key"
    local seed = tonumber(args[3]) or os.time()
    math.randomseed(seed * 1009 + (thread_number or 0) * 7919)

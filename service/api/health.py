@@ -15,6 +15,7 @@ from service.db.outages import STORE_ERRORS
 from service.settings import Settings
 from service.store.fetch_queue import fetch_backlog
 from service.store.projections.checkpoints import lag as projection_lag
+from service.store.subscriptions import failing_subscriptions
 
 
 class Live(msgspec.Struct, frozen=True):
@@ -34,6 +35,13 @@ class Ready(msgspec.Struct, frozen=True):
     # Per projection; readiness fails when one is more than PROJECTION_MAX_LAG_S behind.
     # Left out (not null) when the database could not be asked.
     projections: list[ProjectionLag] | msgspec.UnsetType = msgspec.UNSET
+    # "on" (this process fetches), "workers" (serve --no-background: `worker` processes do),
+    # "off" (no Paxos credentials: webhooks are stored and acknowledged, nothing is fetched).
+    # "off" is still ready: the intake, which Paxos needs, works.
+    fetching: str | msgspec.UnsetType = msgspec.UNSET
+    # Push subscriptions that gave up retrying (`failing`): shown, but they do not make the
+    # service unready (the receiver is at fault, and the service itself works).
+    failing_subscriptions: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ProjectionLag(msgspec.Struct, frozen=True):
@@ -63,18 +71,26 @@ class HealthController(Controller):
         },
     )
     async def ready(
-        self, engine: NamedDependency[AsyncEngine], settings: NamedDependency[Settings]
+        self,
+        engine: NamedDependency[AsyncEngine],
+        settings: NamedDependency[Settings],
+        fetching: NamedDependency[str],
     ) -> Response[Ready]:
         try:
             async with asyncio.timeout(3), engine.connect() as conn:
                 revision = await revision_of(conn)
                 if revision is None:
-                    return Response(Ready("not_ready", "ok", "behind"), status_code=503)
+                    return Response(
+                        Ready("not_ready", "ok", "behind", fetching=fetching), status_code=503
+                    )
                 current = revision == head_revision()
                 backlog = await fetch_backlog(conn)
                 lags = await projection_lag(conn) if current else []
+                failing = await failing_subscriptions(conn) if current else []
         except STORE_ERRORS:
-            return Response(Ready("not_ready", "unreachable", "unknown"), status_code=503)
+            return Response(
+                Ready("not_ready", "unreachable", "unknown", fetching=fetching), status_code=503
+            )
         projections = [
             ProjectionLag(
                 p.name,
@@ -91,5 +107,7 @@ class HealthController(Controller):
             "current" if current else "behind",
             Backlog(backlog.pending, backlog.oldest_pending_age_s),
             projections,
+            fetching,
+            failing,
         )
         return Response(body, status_code=200 if ok else 503)

@@ -84,3 +84,13 @@ class Orchestration(msgspec.Struct, frozen=True):
 
 class RebuildStarted(msgspec.Struct, frozen=True):
     job_id: uuid.UUID
+
+
+class FeedItem(msgspec.Struct, frozen=True):
+    position: int  # the journal row's position: pass the last one back as `after`
+    event: Event  # as GET /events/{id} answers it, detail included
+
+
+class FeedPage(msgspec.Struct, frozen=True):
+    items: list[FeedItem]
+    next_after: int  # where to read on from (past rows that filters dropped, too)

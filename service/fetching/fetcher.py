@@ -3,7 +3,8 @@
 It claims due `pending` events (any number of fetchers, in any number of processes, share the
 queue through leases), calls Get Event under the deployment's rate limit, and writes each
 outcome group-committed: the event stored and marked `fetched`, a retry scheduled, or a final
-`failed` / `not_found`. It wakes on NOTIFY from the intake and polls as a fallback.
+`failed` / `not_found`. It wakes on NOTIFY from the intake and polls as a fallback. Whether
+an event is a test event is Paxos's answer, not the notification's (`_get_event`).
 """
 
 from __future__ import annotations
@@ -194,13 +195,29 @@ class Fetcher:
             self.wakeup.clear()
             slots.clear()
 
+    async def _get_event(self, claim: Claim) -> tuple[Fetched, bool]:
+        """The full event, and whether Paxos holds it as a test event.
+
+        The notification is unsigned, so its `is_test` only says which side to ask first: Get
+        Event answers a test event only with `is_test=true` and a real one only without. On a
+        404 the other side is asked; a 404 there too is the first side's (Paxos may lag)."""
+        try:
+            fetched = await self._client.get_event(claim.event_id, is_test=claim.is_test)
+        except PaxosNotFound as first:
+            try:
+                other = await self._client.get_event(claim.event_id, is_test=not claim.is_test)
+            except PaxosNotFound:
+                raise first from None
+            return other, not claim.is_test
+        return fetched, claim.is_test
+
     async def _fetch(self, claim: Claim) -> None:
         log_ = log.bind(event_id=str(claim.event_id), type=claim.type)
         claimed_at = time.monotonic()  # just after the claim: the lease started about now
         started = time.perf_counter()
         outcome: Outcome
         try:
-            fetched = await self._client.get_event(claim.event_id, is_test=claim.is_test)
+            fetched, is_test = await self._get_event(claim)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             # The rate limit lives in the database, and it is unavailable: no call was made.
             # The lease runs out and the event is claimed again once the database is back.
@@ -216,12 +233,19 @@ class Fetcher:
                 log_.error("fetched event does not match its notification", reason=mismatch)
                 metrics.FETCHES.labels(outcome="mismatch").inc()
             else:
+                if is_test != claim.is_test:
+                    log_.warning(
+                        "the notification's is_test was wrong: stored as Paxos has it",
+                        notified_is_test=claim.is_test,
+                        is_test=is_test,
+                    )
                 outcome = FetchedOutcome(
                     claim.event_id,
                     fetched.raw,
                     identity_id_of(fetched),
                     fetched.event.object_type,
                     fetched.event.undelivered_webhooks,
+                    is_test,
                 )
                 metrics.FETCHES.labels(outcome="fetched").inc()
         metrics.FETCH_SECONDS.observe(time.perf_counter() - started)

@@ -11,11 +11,14 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import httpx
+import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.settings import Settings, WebhookAuth
 from service.web.auth import matches_any
 from service.web.problems import Unauthenticated
+
+log = structlog.get_logger(__name__)
 
 
 class Authenticator(Protocol):
@@ -56,17 +59,29 @@ async def build_authenticator(
         case WebhookAuth.API_KEY:
             return ApiKeyAuthenticator(settings.webhook_api_key_header, settings.webhook_api_keys)
         case WebhookAuth.OAUTH:
-            from service.intake.oauth import OAuthTokenAuthenticator, load_signing_key
+            from service.intake.oauth import OAuthTokenAuthenticator
 
-            return OAuthTokenAuthenticator(await load_signing_key(engine))
+            return await OAuthTokenAuthenticator.load(
+                engine,
+                settings.webhook_oauth_client_id or "",
+                settings.webhook_oauth_client_secret or "",
+            )
         case WebhookAuth.JWT:
             from service.intake.jwt import JwtAuthenticator
 
+            if not (settings.webhook_jwt_subjects or settings.webhook_jwt_azp):
+                log.warning(
+                    "webhook JWTs are not pinned to a client: any client of the identity "
+                    "provider with a token for WEBHOOK_JWT_AUDIENCE may deliver; set "
+                    "WEBHOOK_JWT_SUBJECTS or WEBHOOK_JWT_AZP"
+                )
             return JwtAuthenticator(
                 jwks_url=settings.webhook_jwt_jwks_url or "",
                 issuer=settings.webhook_jwt_issuer or "",
                 audience=settings.webhook_jwt_audience or "",
                 client=client,
+                subjects=settings.webhook_jwt_subjects,
+                authorized_parties=settings.webhook_jwt_azp,
             )
         case WebhookAuth.NONE:
             return OpenAuthenticator()

@@ -2,7 +2,10 @@
 
 Paxos's OAuth option may point at an identity provider (Auth0, Keycloak, Okta, Cognito); the
 webhooks then carry that provider's JWTs. We verify them with the public keys the provider
-publishes at `WEBHOOK_JWT_JWKS_URL`, and check issuer, audience and expiry.
+publishes at `WEBHOOK_JWT_JWKS_URL`, and check issuer, audience and expiry. Any client of the
+provider that can get a token for the audience would pass those checks, so the token's client
+can be pinned too: `sub` to `WEBHOOK_JWT_SUBJECTS`, `azp` (or RFC 9068's `client_id`) to
+`WEBHOOK_JWT_AZP`.
 
 Only asymmetric algorithms are accepted and the algorithm must fit the key it names, so neither
 `alg: none` nor an HS256 token "signed" with the public key can pass. The key set is cached and
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +28,7 @@ import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
-from service.web.auth import bearer_token
+from service.web.auth import bearer_token, matches_any
 from service.web.problems import Problem, Unauthenticated
 
 log = structlog.get_logger(__name__)
@@ -138,8 +141,13 @@ class JwtAuthenticator:
         refetch_interval_s: float = REFETCH_INTERVAL_S,
         max_age_s: float = MAX_AGE_S,
         clock: Callable[[], float] = time.monotonic,
+        subjects: Iterable[str] = (),
+        authorized_parties: Iterable[str] = (),
     ) -> None:
         self._jwks_url = jwks_url
+        # Empty: not pinned. Otherwise the token's `sub` / `azp` must be one of these.
+        self._subjects = tuple(subjects)
+        self._authorized_parties = tuple(authorized_parties)
         self._issuer = issuer
         self._audience = audience
         self._client = client
@@ -170,7 +178,7 @@ class JwtAuthenticator:
         if not key.fits(alg):
             raise _invalid("token algorithm does not match its key")
         try:
-            jwt.decode(
+            claims = jwt.decode(
                 token,
                 key.jwk.key,
                 algorithms=[alg],
@@ -191,6 +199,23 @@ class JwtAuthenticator:
             raise _invalid("token not yet valid") from None
         except jwt.PyJWTError:
             raise _invalid("invalid token") from None
+        self._check_client(claims)
+
+    def _check_client(self, claims: Mapping[str, Any]) -> None:
+        """Refuse a valid token of a client that is not pinned (when pinning is configured)."""
+        if self._subjects:
+            subject = claims.get("sub")
+            if subject is None:
+                raise _invalid("token lacks the sub claim")
+            if not isinstance(subject, str) or not matches_any(subject, self._subjects):
+                raise _invalid("token subject not accepted")
+        if self._authorized_parties:
+            # OpenID Connect names the client in `azp`; RFC 9068 access tokens in `client_id`.
+            party = claims.get("azp", claims.get("client_id"))
+            if party is None:
+                raise _invalid("token lacks the azp (or client_id) claim")
+            if not isinstance(party, str) or not matches_any(party, self._authorized_parties):
+                raise _invalid("token client (azp) not accepted")
 
     async def _key_for(self, kid: str | None, alg: str) -> _Key:
         keys = self._keys

@@ -2,18 +2,28 @@
 
 Paxos's OAuth option POSTs `grant_type=client_credentials` to `/oauth/token` with the client
 id and secret we gave it, then sends the token it got as `Authorization: Bearer <token>` on
-every webhook. The tokens are self-contained JWTs (HS256) signed with a key kept in the
-database (`service_keys`), so a token issued by one `serve` process is valid on every other
-one and survives restarts; nothing about issued tokens lives only in memory.
+every webhook. The tokens are self-contained JWTs (HS256), so a token issued by one `serve`
+process is valid on every other one and survives restarts; nothing about issued tokens lives
+only in memory.
+
+They are signed with a key derived from a random key kept in the database (`service_keys`)
+AND the client id and secret (`WEBHOOK_OAUTH_CLIENT_*`), and carry `sub` = the client id,
+checked on every request. So read access to the database alone cannot mint a token, changing
+the client secret (or id) revokes every token issued under the old one, and
+`paxos-events rotate-webhook-key` (a new database key) revokes them all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -29,14 +39,16 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db.outages import STORE_ERRORS
 from service.settings import Settings, WebhookAuth
-from service.store.keys import load_service_key
+from service.store.keys import load_service_key, read_service_key, replace_service_key
 from service.web.auth import bearer_token, matches_any
 from service.web.openapi import problem, request_body_operation
 from service.web.problems import Problem, Unauthenticated
 
 log = structlog.get_logger(__name__)
 
+# The database row of the random key our token keys are derived from.
 SIGNING_KEY_NAME = "oauth_token_signing"
 ISSUER = "paxos-event-store"
 AUDIENCE = "paxos-webhooks"
@@ -45,48 +57,131 @@ REALM = "paxos-webhooks"
 TOKEN_REQUEST_MAX_BYTES = 8192
 # Processes of one deployment may run on machines whose clocks differ by a little.
 CLOCK_LEEWAY_S = 30
+# A running process rereads the database key this often, so a key replaced by
+# `rotate-webhook-key` stops being accepted everywhere within this time.
+KEY_MAX_AGE_S = 5.0
+# A token naming a key id we do not hold (one issued by another process after a rotation)
+# rereads the key at once, but at most this often, so a stream of forged ids cannot make every
+# request a database read.
+KEY_REFETCH_INTERVAL_S = 1.0
 
 _FORM = "application/x-www-form-urlencoded"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _encoder = msgspec.json.Encoder()
+_KDF_LABEL = b"paxos-event-store oauth token key v1"
+_KID_LABEL = b"paxos-event-store oauth key id v1"
 
 
-async def load_signing_key(engine: AsyncEngine) -> bytes:
-    """The HMAC key of the tokens we issue, shared by every process."""
-    return await load_service_key(engine, SIGNING_KEY_NAME)
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """The HS256 key of our tokens, and the id (`kid`) of the database key it comes from."""
+
+    kid: str
+    secret: bytes
+
+
+def signing_key(database_key: bytes, client_id: str, client_secret: str) -> SigningKey:
+    """The key tokens for `client_id` are signed with: HMAC-SHA256 over the client's id and
+    secret, keyed by the database key.
+
+    Neither the database key alone nor the client secret alone gives it. The key id depends on
+    the database key only (a one-way hash of 32 random bytes): it tells a process that a token
+    comes from a key it has not loaded yet, and says nothing about the secret.
+    """
+    material = b"".join(
+        len(part).to_bytes(4, "big") + part
+        for part in (_KDF_LABEL, client_id.encode(), client_secret.encode())
+    )
+    secret = hmac.new(database_key, material, hashlib.sha256).digest()
+    kid = hashlib.sha256(_KID_LABEL + database_key).hexdigest()[:16]
+    return SigningKey(kid=kid, secret=secret)
+
+
+async def rotate_signing_key(engine: AsyncEngine) -> None:
+    """Replace the database key: every token issued before is refused from now on."""
+    await replace_service_key(engine, SIGNING_KEY_NAME)
 
 
 class OAuthTokenAuthenticator:
-    """Bearer tokens that our `/oauth/token` issued: HS256 JWTs signed with the database key.
+    """Bearer tokens that our `/oauth/token` issued: HS256 JWTs signed with the key derived
+    from the database key and the client's credentials.
 
     Issuing and verifying live together so the claims checked are always the claims written.
+    Issuing always reads the database key, so new tokens use the current one; verifying uses
+    a copy at most `KEY_MAX_AGE_S` old (reread sooner for a token of an unknown key id).
     """
 
-    def __init__(self, key: bytes) -> None:
-        self._key = key
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client_id: str,
+        client_secret: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._clock = clock
+        self._key: SigningKey | None = None
+        self._loaded_at = 0.0
+        self._attempted_at: float | None = None
+        # One reread at a time: requests that find the key stale wait for it and use its result.
+        self._lock = asyncio.Lock()
 
-    def issue(self, client_id: str, ttl_s: int) -> str:
-        """A new access token for `client_id`, valid for `ttl_s` seconds."""
+    @classmethod
+    async def load(
+        cls,
+        engine: AsyncEngine,
+        client_id: str,
+        client_secret: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> OAuthTokenAuthenticator:
+        """An authenticator with the database key loaded (created on the first start)."""
+        authenticator = cls(engine, client_id, client_secret, clock=clock)
+        authenticator._use(await load_service_key(engine, SIGNING_KEY_NAME))
+        return authenticator
+
+    def _use(self, database_key: bytes) -> SigningKey:
+        key = signing_key(database_key, self._client_id, self._client_secret)
+        self._key = key
+        self._loaded_at = self._clock()
+        return key
+
+    async def issue(self, ttl_s: int) -> str:
+        """A new access token for the client, valid for `ttl_s` seconds."""
+        key = self._use(await load_service_key(self._engine, SIGNING_KEY_NAME))
         now = int(time.time())
         claims = {
             "iss": ISSUER,
             "aud": AUDIENCE,
-            "sub": client_id,
+            "sub": self._client_id,
             "iat": now,
             "exp": now + ttl_s,
             "jti": secrets.token_urlsafe(16),
         }
-        return jwt.encode(claims, self._key, algorithm="HS256")
+        return jwt.encode(claims, key.secret, algorithm="HS256", headers={"kid": key.kid})
 
     async def authenticate(self, headers: Mapping[str, str]) -> None:
         token = bearer_token(headers)
         if token is None:
             raise Unauthenticated("missing bearer token", scheme=f'Bearer realm="{REALM}"')
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            raise _invalid_token("invalid token") from None
+        # Every token we issue names its key (the id is public: a hash of the database key).
+        if not isinstance(kid, str):
+            raise _invalid_token("invalid token")
+        key = await self._key_for(kid)
+        if kid != key.kid:
+            raise _invalid_token("invalid token")
+        try:
             # Only HS256: the algorithm comes from us, never from the token's header.
-            jwt.decode(
+            claims = jwt.decode(
                 token,
-                self._key,
+                key.secret,
                 algorithms=["HS256"],
                 issuer=ISSUER,
                 audience=AUDIENCE,
@@ -97,6 +192,46 @@ class OAuthTokenAuthenticator:
             raise _invalid_token("token expired") from None
         except jwt.InvalidTokenError:
             raise _invalid_token("invalid token") from None
+        # The key already binds the client; the subject is checked too, so a token is only
+        # ever accepted for the client it names.
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not matches_any(subject, (self._client_id,)):
+            raise _invalid_token("invalid token")
+
+    async def _key_for(self, kid: str) -> SigningKey:
+        key = self._key
+        if key is None or self._clock() - self._loaded_at >= KEY_MAX_AGE_S:
+            return await self._reread(key)
+        if kid != key.kid:
+            # Perhaps another process issued it after a rotation: look again (rate-limited).
+            return await self._reread(key)
+        return key
+
+    async def _reread(self, seen: SigningKey | None) -> SigningKey:
+        """The key after at most one database read; `seen` is the key the caller found wanting.
+
+        A failed read keeps the key in use (the database is down: nobody rotates it now) and
+        is tried again after `KEY_REFETCH_INTERVAL_S`.
+        """
+        async with self._lock:
+            if self._key is not None and self._key is not seen:
+                return self._key  # another task reread it while we waited
+            now = self._clock()
+            recent = (
+                self._attempted_at is not None and now - self._attempted_at < KEY_REFETCH_INTERVAL_S
+            )
+            if self._key is None or not recent:
+                self._attempted_at = now
+                try:
+                    database_key = await read_service_key(self._engine, SIGNING_KEY_NAME)
+                    if database_key is None:  # the row was deleted: start a new key
+                        database_key = await load_service_key(self._engine, SIGNING_KEY_NAME)
+                    return self._use(database_key)
+                except STORE_ERRORS as exc:
+                    if self._key is None:
+                        raise
+                    log.warning("oauth signing key reread failed", error=type(exc).__name__)
+            return self._key
 
 
 def _invalid_token(detail: str) -> Unauthenticated:
@@ -271,12 +406,12 @@ class OAuthTokenController(Controller):
                 type_slug="not-found",
             )
         try:
-            client_id = await self._authenticated_client(request, settings)
+            await self._authenticated_client(request, settings)
         except _OAuthError as exc:
             log.info("oauth token refused", error=exc.error, reason=exc.description)
             return exc.response()
         ttl = settings.webhook_oauth_token_ttl_s
-        token = authenticator.issue(client_id, ttl)
+        token = await authenticator.issue(ttl)
         body = {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
         return Response(
             _encoder.encode(body), status_code=200, media_type="application/json", headers=_NO_STORE

@@ -42,6 +42,10 @@ log = structlog.get_logger(__name__)
 TOKEN_MARGIN_S = 60.0
 CALL_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 MAX_PAGE = 100  # List Events' largest `limit`
+# The longest pause a 429's Retry-After may impose. The pause holds every process's calls
+# (the rate limit is the deployment's), so one absurd value must not stop fetching for days;
+# past this the limit simply tries again and Paxos can say 429 once more.
+MAX_RETRY_AFTER_S = 900.0
 
 
 class PaxosError(Exception):
@@ -372,14 +376,23 @@ def _rfc3339(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx.Response, what: str) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = max(0.0, float(value))
     except ValueError:
         return None  # an HTTP date: rare; the caller's default applies
+    if seconds > MAX_RETRY_AFTER_S:  # inf too; nan became 0.0 above
+        log.warning(
+            "Paxos asked for a longer pause than we allow; capped",
+            call=what,
+            retry_after=value[:40],
+            capped_to_s=MAX_RETRY_AFTER_S,
+        )
+        return MAX_RETRY_AFTER_S
+    return seconds
 
 
 def _error_from(response: httpx.Response, what: str) -> PaxosError:
@@ -399,7 +412,7 @@ def _error_from(response: httpx.Response, what: str) -> PaxosError:
         429: PaxosRateLimited,
     }
     kind = kinds.get(status) or (PaxosServerError if status >= 500 else PaxosBadRequest)
-    return kind(message, status=status, detail=detail, retry_after=_retry_after(response))
+    return kind(message, status=status, detail=detail, retry_after=_retry_after(response, what))
 
 
 def build_client(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient) -> PaxosClient:

@@ -48,6 +48,24 @@ def _loopback_socket() -> socket.socket:
     return sock
 
 
+def fill_in(settings: Settings) -> tuple[Settings, frozenset[str]]:
+    """What a demo needs and was not set, made up: a read token, an admin token and (with
+    WEBHOOK_AUTH=api_key) a webhook key. Also the names of the settings made up: the banner
+    shows their values, and only theirs."""
+    changes: dict[str, object] = {}
+    made_up: set[str] = set()
+    if not settings.api_read_tokens:
+        changes["api_read_tokens"] = (secrets.token_urlsafe(24),)
+        made_up.add("API_READ_TOKENS")
+    if not settings.api_admin_tokens:
+        changes["api_admin_tokens"] = (secrets.token_urlsafe(24),)
+        made_up.add("API_ADMIN_TOKENS")
+    if settings.webhook_auth is WebhookAuth.API_KEY and not settings.webhook_api_keys:
+        changes["webhook_api_keys"] = (secrets.token_urlsafe(24),)
+        made_up.add("WEBHOOK_API_KEYS")
+    return settings.replace(**changes), frozenset(made_up)
+
+
 def demo_settings(settings: Settings, paxos_port: int, client_secret: str) -> Settings:
     """`settings` pointed at the built-in Paxos on `paxos_port`."""
     base = f"http://127.0.0.1:{paxos_port}"
@@ -138,32 +156,43 @@ async def _stream(
     log.info("demo: every sample webhook delivered", delivered=len(report.delivered))
 
 
-def banner(settings: Settings) -> str:
-    """What `serve --demo` shows the person at the terminal: where, the tokens, curl lines."""
+def banner(settings: Settings, made_up: frozenset[str]) -> str:
+    """What `serve --demo` shows the person at the terminal: where, the tokens, curl lines.
+
+    Only the secrets `fill_in` made up (named in `made_up`) are shown; a configured one is
+    named by its setting, never printed: the terminal may be a container's log."""
+
+    def shown(name: str, values: tuple[str, ...]) -> tuple[str, str]:
+        # (for the list, for the curl lines)
+        if name in made_up:
+            return values[0], values[0]
+        return f"(from {name})", f"<a value of {name}>"
+
     base = f"http://{settings.host}:{settings.port}"
-    read = settings.api_read_tokens[0]
+    read, read_in_curl = shown("API_READ_TOKENS", settings.api_read_tokens)
     lines = [
         "",
         f"Paxos Event Store (demo) on {base}",
         "  fetching from a built-in Paxos simulator, which also sends it sample webhooks",
         f"  read token:  {read}",
-        f"  admin token: {settings.api_admin_tokens[0]}",
+        f"  admin token: {shown('API_ADMIN_TOKENS', settings.api_admin_tokens)[0]}",
     ]
     if settings.webhook_auth is WebhookAuth.API_KEY:
-        key = settings.webhook_api_keys[0]
+        header = settings.webhook_api_key_header
+        key, key_in_curl = shown("WEBHOOK_API_KEYS", settings.webhook_api_keys)
         lines += [
-            f"  webhook key: {settings.webhook_api_key_header}: {key}",
+            f"  webhook key: {header}: {key}",
             "",
             "Send a webhook:",
             f"  curl -s {base}/webhooks/paxos -H 'Content-Type: application/json' "
-            f"-H '{settings.webhook_api_key_header}: {key}' -d '{{\"id\": \"'$(python3 -c "
+            f"-H '{header}: {key_in_curl}' -d '{{\"id\": \"'$(python3 -c "
             '\'import uuid; print(uuid.uuid4())\')\'", "type": "identity.approved", '
             '"source": "com.paxos", "time": "2026-01-07T14:30:02Z", "object": "event"}\'',
         ]
     lines += [
         "",
         "List events:",
-        f"  curl -s -H 'Authorization: Bearer {read}' '{base}/events?limit=10'",
+        f"  curl -s -H 'Authorization: Bearer {read_in_curl}' '{base}/events?limit=10'",
         "",
     ]
     return "\n".join(lines)

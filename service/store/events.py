@@ -10,22 +10,29 @@ Which scans, by filter (the indexes are in `tables.py`):
 
 - `identity_id`: one scan of the identity index; the other filters are checked per row (an
   identity has few events, so that is cheap).
-- `status` pending, failed or not_found (rare): with a type filter, the partial
-  (status, type, is_test, ...) index of events not fetched; without, (status, is_test, ...).
-- `type`, alone or with `is_test` or `status=fetched`: the (type, is_test, ...) index
+- `status` pending, failed or not_found (rare): with exact types only, the partial
+  (status, type, is_test, ...) index of events not fetched; with a type prefix or no type,
+  (status, is_test, ...), the types checked per row (rows read: at most the events in that
+  rare status).
+- exact `type`, alone or with `is_test` or `status=fetched`: the (type, is_test, ...) index
   (`fetched` is checked per row: nearly every row passes).
+- a type prefix such as `identity.*`: the (type family, is_test, ...) index, where a type's
+  family is its text up to its first dot (`identity.` for `identity.kyc_refresh.started`,
+  `TYPE_FAMILY`). A prefix with one dot is a family, so its scan reads only matching rows; a
+  longer one (`identity.kyc_refresh.*`) scans its family and checks the prefix per row.
 - `status=fetched` or `is_test` without a type: the (status, is_test, ...) index.
 - nothing but `since`/`until`: the (time, event_id) index.
 
 `since` and `until` bound every scan's range. A column of the index's key that the filter
-does not pin is *enumerated*: `is_test` is false or true, `status` one of four, and a type
-prefix such as `identity.*` becomes the exact types present (one index descent per distinct
-type: `_PRESENT_TYPES`). Each combination is its own scan `ORDER BY time, event_id LIMIT n`,
-and their union is merged by an outer `ORDER BY ... LIMIT n`, which Postgres runs as a Merge
-Append: it reads about n rows plus one per scan, never all matching rows. The widest case,
-`transfer.*` (47 types, both is_test values), is a union of 94 scans: planning it takes
-several milliseconds, so the statement's text depends only on the filter's shape and
-Postgres's plan cache reuses its plan (see `_ORDERED_SCANS_ONLY` for why that plan is safe).
+does not pin is *enumerated*: `is_test` is false or true, `status` one of four. The types
+under a prefix are never enumerated: senders choose types, and a scan per stored type would
+let anyone who can send a webhook make every prefix query slower (20,000 invented types cost
+seconds per query, and past ~16,000 no statement could carry them). Each combination is its
+own scan `ORDER BY time, event_id LIMIT n`, and their union is merged by an outer
+`ORDER BY ... LIMIT n`, which Postgres runs as a Merge Append: it reads about n rows plus one
+per scan, never all matching rows. The statement's text depends only on the filter's shape
+(every value, the limit too, is a bound parameter), so Postgres's plan cache reuses its plan
+(see `_ORDERED_SCANS_ONLY` for why that plan is safe).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from sqlalchemy import Label, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain.stored import EVENT_STATUSES, Event, EventFilter, Position
-from service.store.tables import events
+from service.store.tables import TYPE_FAMILY, events
 
 EVENT_COLUMNS = (
     events.c.event_id.label("id"),
@@ -81,20 +88,6 @@ async def get_event(conn: AsyncConnection, event_id: uuid.UUID) -> Event | None:
     return Event(**row._mapping) if row else None
 
 
-# A loose index scan: each step jumps to the next distinct type with one descent of the
-# (type, ...) index, so this costs one descent per distinct type, not one row per event.
-_PRESENT_TYPES = """
-    WITH RECURSIVE present(type) AS (
-        SELECT min(type) FROM events
-        UNION ALL
-        SELECT (SELECT min(e.type) FROM events AS e WHERE e.type > present.type)
-        FROM present
-        WHERE present.type IS NOT NULL
-    )
-    SELECT type FROM present WHERE type IS NOT NULL
-"""
-
-
 async def list_events(
     conn: AsyncConnection,
     filters: EventFilter,
@@ -109,26 +102,29 @@ async def list_events(
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    # Prefixes need the stored types; fetching them shares the round trip that sets up the
-    # planner. (With an identity, the type filter is checked per row instead.)
-    need_types = bool(filters.type_prefixes) and filters.identity_id is None
-    setup = _ORDERED_SCANS_ONLY_AND_TYPES if need_types else _ORDERED_SCANS_ONLY
-    # Columns: the planner settings as they were, as they are now, then the types if asked.
-    settings: tuple[Any, ...] = tuple((await conn.exec_driver_sql(setup)).one())
-    saved = settings[: len(_PLANNER_SETTINGS)]
-    try:
-        query = _Query(filters, after)
-        scans = query.scans(settings[-1] if need_types else [])
-        if not scans:
-            return EventSlice(items=[], more=False)
-        # One row more than asked tells whether another page exists, so the last page never
-        # hands out a cursor that leads to an empty page.
-        sql, params = query.statement(scans, limit + 1)
-        rows = (await conn.exec_driver_sql(sql, params)).all()
-    finally:
-        await conn.exec_driver_sql(_RESTORE_PLANNER, saved)
+    # One row more than asked tells whether another page exists, so the last page never
+    # hands out a cursor that leads to an empty page.
+    sql, params = listing_statement(filters, limit + 1, after)
+    # The planner settings as they were (then as they are now): restored once the page is read.
+    saved = tuple((await conn.exec_driver_sql(_ORDERED_SCANS_ONLY)).one())[: len(_PLANNER_SETTINGS)]
+    # No `finally`: a failed statement aborts the caller's transaction, whose rollback undoes
+    # these transaction-local settings anyway; restoring them there would only fail again
+    # ("current transaction is aborted") and hide the real error.
+    rows = (await conn.exec_driver_sql(sql, params)).all()
+    await conn.exec_driver_sql(_RESTORE_PLANNER, saved)
     items = [Event(*tuple(row)) for row in rows[:limit]]
     return EventSlice(items=items, more=len(rows) > limit)
+
+
+def listing_statement(
+    filters: EventFilter, n: int, after: Position | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters of up to `n` events matching `filters` strictly after `after`.
+
+    The text depends on the filter's shape only, never on a value or on `n`.
+    """
+    query = _Query(filters, after)
+    return query.statement(query.scans(), n)
 
 
 # Every scan must be an index scan that yields rows in order, read only as far as the page
@@ -136,19 +132,19 @@ async def list_events(
 # it does so for a prepared statement's generic plan, which cannot see the since/until values
 # and guesses that a window holds a few dozen rows (a month of a common type is thousands).
 # With bitmap scans and sorts off, the ordered scans are the only plans left, so the generic
-# plan is as good as any; and it is used from the first run, since planning a union of ~100
-# scans costs more than running it. Set for this listing only, and restored within the
-# caller's transaction, so whatever the caller runs next plans as before.
+# plan is as good as any; and it is used from the first run, since planning a union of many
+# scans can cost more than running it. Set for this listing only (transaction-local), and
+# restored within the caller's transaction, so whatever the caller runs next plans as before.
 _PLANNER_SETTINGS = {
     "enable_bitmapscan": "off",
     "enable_sort": "off",
     "plan_cache_mode": "force_generic_plan",
 }
+# Columns: the planner settings as they were, then as they are now.
 _ORDERED_SCANS_ONLY = "SELECT " + ", ".join(
     [f"current_setting('{name}')" for name in _PLANNER_SETTINGS]
     + [f"set_config('{name}', '{value}', true)" for name, value in _PLANNER_SETTINGS.items()]
 )
-_ORDERED_SCANS_ONLY_AND_TYPES = f"{_ORDERED_SCANS_ONLY}, ARRAY({_PRESENT_TYPES})"
 _RESTORE_PLANNER = "SELECT " + ", ".join(
     f"set_config('{name}', ${i}, true)" for i, name in enumerate(_PLANNER_SETTINGS, start=1)
 )
@@ -156,7 +152,7 @@ _RESTORE_PLANNER = "SELECT " + ", ".join(
 
 # The statement is SQL text assembled from the fixed fragments below, every value a bound
 # parameter ($1, $2, ... straight to asyncpg). Not Core expressions, nor text() with named
-# parameters: for a union of ~100 selects those cost milliseconds of Python per request
+# parameters: for a union of many selects those cost milliseconds of Python per request
 # (expression objects, then a regex pass over the text), the plain string microseconds.
 _SELECT_LIST = ", ".join(
     f'"{column.element.name}" AS "{column.name}"'
@@ -208,10 +204,8 @@ class _Query:
             )
         return tuple(conditions)
 
-    def scans(self, present_types: Sequence[str]) -> list[Scan]:
+    def scans(self) -> list[Scan]:
         """The index range scans whose union is exactly the matching events (module doc).
-
-        `present_types` are the stored types, needed when the filter has type prefixes.
 
         Each scan is a tuple of conditions: equalities on the leading columns of one index,
         plus whatever that index cannot check (checked row by row, and chosen so that few
@@ -230,37 +224,49 @@ class _Query:
                 scan.append(f"status = {self.bind(f.status)}")
             return [tuple(scan)]
 
-        types = _resolved_types(f, present_types) if f.has_type_filter else None
-        if types is not None and not types:
-            return []  # only prefixes, and no stored type has any of them
-
         if f.status is not None and f.status != FETCHED:
             status = f"status = {self.bind(f.status)}"
-            if types is not None:
+            if f.types and not f.type_prefixes:
                 # ix_events_rare_status_type_is_test_time_event_id (partial: not fetched)
                 return [
-                    (_RARE_STATUS, status, f"type = {self.bind(t)}", _is_test(b))
-                    for t in types
+                    (_RARE_STATUS, status, f"type = {placeholder}", _is_test(b))
+                    for placeholder in map(self.bind, f.types)
                     for b in is_test_values
                 ]
-            # ix_events_status_is_test_time_event_id
-            return [(status, _is_test(b)) for b in is_test_values]
+            # ix_events_status_is_test_time_event_id; a prefix's types are checked row by
+            # row, so the rows read are bounded by the events in this (rare) status, never
+            # by how many types the prefix covers.
+            by_type = (self._type_condition(),) if f.has_type_filter else ()
+            return [(status, _is_test(b), *by_type) for b in is_test_values]
 
-        if types is not None:
-            # ix_events_type_is_test_time_event_id; `fetched` is nearly every row, so
-            # checking it row by row discards few.
+        if f.has_type_filter:
+            # `fetched` is nearly every row, so checking it row by row discards few.
             residual = (f"status = {self.bind(FETCHED)}",) if f.status == FETCHED else ()
-            return [
-                (f"type = {self.bind(t)}", _is_test(b), *residual)
-                for t in types
-                for b in is_test_values
-            ]
+            prefixes = _outermost(f.type_prefixes)
+            scans: list[Scan] = []
+            # ix_events_type_is_test_time_event_id, for exact types no prefix covers (a
+            # covered one would be listed twice).
+            for placeholder in map(self.bind, _uncovered(f.types, prefixes)):
+                scans += [(f"type = {placeholder}", _is_test(b), *residual) for b in is_test_values]
+            # ix_events_type_family_is_test_time_event_id
+            for prefix in prefixes:
+                family = type_family(prefix)
+                conditions = [f"{TYPE_FAMILY} = {self.bind(family)}"]
+                if prefix != family:
+                    # starts_with, not LIKE: a type may contain `_` or `%`.
+                    conditions.append(f"starts_with(type, {self.bind(prefix)})")
+                scans += [
+                    (conditions[0], _is_test(b), *conditions[1:], *residual) for b in is_test_values
+                ]
+            return scans
 
         if f.status == FETCHED or f.is_test is not None:
             # ix_events_status_is_test_time_event_id, enumerating the column not pinned.
             statuses = (FETCHED,) if f.status == FETCHED else EVENT_STATUSES
             return [
-                (f"status = {self.bind(s)}", _is_test(b)) for s in statuses for b in is_test_values
+                (f"status = {placeholder}", _is_test(b))
+                for placeholder in map(self.bind, statuses)
+                for b in is_test_values
             ]
 
         # ix_events_time_event_id; since/until and the cursor are its index conditions.
@@ -280,10 +286,10 @@ class _Query:
     def statement(self, scans: Sequence[Scan], n: int) -> tuple[str, tuple[Any, ...]]:
         """Each scan limited to `n` rows in order, merged in order and limited to `n` again."""
         descending = self.filters.descending
-        # The limit is written into the text, not bound: with it known, the plan Postgres
-        # caches for a prepared statement after a few runs (a generic plan) is the cheap
-        # one, and planning a union of ~100 scans (several ms) is not repeated per request.
-        limit = str(int(n))
+        # Bound, not written into the text: each page size would otherwise be a statement of
+        # its own, prepared and planned again. With sorts and bitmap scans off, the generic
+        # plan (which cannot see `n`) is the ordered scans all the same.
+        limit = self.bind(int(n))
         branches = [
             f"SELECT {_SELECT_LIST} FROM events"
             + (" WHERE " + " AND ".join((*scan, *self.common)) if scan or self.common else "")
@@ -299,20 +305,22 @@ class _Query:
         return sql, tuple(self.params)
 
 
+def type_family(prefix: str) -> str:
+    """The family of the types a prefix selects: the prefix up to its first dot."""
+    return prefix[: prefix.index(".") + 1]
+
+
 def _is_test(value: bool) -> str:
     # A literal: two values only, and it lets a prepared plan pick the index range.
     return f"is_test = {'true' if value else 'false'}"
 
 
-def _resolved_types(filters: EventFilter, present_types: Sequence[str]) -> list[str]:
-    """The exact types the filter selects: its exact types, plus stored types under a prefix.
+def _outermost(prefixes: Sequence[str]) -> list[str]:
+    """The prefixes no other of them covers (`identity.kyc_refresh.` is inside `identity.`):
+    a covered one's events would be listed twice."""
+    return [p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes)]
 
-    Exact types are kept even when none is stored (their scans are empty and cheap); each
-    type appears once, or its events would be listed twice.
-    """
-    resolved = dict.fromkeys(filters.types)
-    if filters.type_prefixes:
-        for stored in present_types:
-            if stored.startswith(filters.type_prefixes):
-                resolved[stored] = None
-    return list(resolved)
+
+def _uncovered(types: Sequence[str], prefixes: Sequence[str]) -> list[str]:
+    """The exact types that none of `prefixes` covers."""
+    return [t for t in types if not t.startswith(tuple(prefixes))]

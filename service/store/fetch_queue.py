@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db.notify import PENDING_CHANNEL
-from service.store.tables import as_jsonb
+from service.store.tables import TEST_CONFIRMATION, as_jsonb, confirmation_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,7 @@ class FetchedOutcome:
     identity_id: str | None
     object_type: str | None
     undelivered_webhooks: int | None
+    is_test: bool  # what Paxos said: Get Event answered with this `is_test`
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,24 +78,31 @@ _CLAIM = text(
 # the journal (once: ON CONFLICT DO NOTHING) and its events row becomes `fetched` together.
 # `detail` is jsonb for querying; the journal keeps the exact text (and its own parsed copy,
 # `doc`, computed by PostgreSQL). jsonb cannot hold \u0000, so the parsed copies replace it
-# (the journal's body does not). Retries and final failures
+# (the journal's body does not). Paxos's word on the test flag is recorded with the event, once
+# (a trigger refuses changing it): `confirmed_is_test`, and for a test event the journal's
+# `test_confirmation`, the evidence a prune needs. Retries and final failures
 # only touch rows still pending (a refetch or another worker may have moved them on).
 _OUTCOMES = text(
     """
     WITH fetched_in AS (
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:raws AS text[]), CAST(:identity_ids AS text[]),
-            CAST(:object_types AS text[]), CAST(:undelivered AS int[])
-        ) AS t(event_id, raw, identity_id, object_type, undelivered_webhooks)
+            CAST(:object_types AS text[]), CAST(:undelivered AS int[]), CAST(:is_tests AS bool[])
+        ) AS t(event_id, raw, identity_id, object_type, undelivered_webhooks, is_test)
     ),
     appended AS (
         INSERT INTO journal (event_id, kind, body)
-        SELECT event_id, 'event', CAST(raw AS json) FROM fetched_in ORDER BY event_id
+        SELECT event_id, 'event', CAST(raw AS json) FROM fetched_in
+        UNION ALL
+        SELECT event_id, '{confirmation}', CAST('{confirmed_by_get_event}' AS json)
+        FROM fetched_in WHERE is_test
+        ORDER BY 1, 2
         ON CONFLICT (event_id, kind) DO NOTHING
     ),
     fetched AS (
         UPDATE events e SET
             status = 'fetched',
+            confirmed_is_test = coalesce(e.confirmed_is_test, i.is_test),
             detail = {detail},
             identity_id = i.identity_id,
             object_type = i.object_type,
@@ -126,6 +134,8 @@ _OUTCOMES = text(
     ) AS i(event_id, status, error)
     WHERE e.event_id = i.event_id AND e.status = 'pending'
     """.replace("{detail}", as_jsonb("i.raw"))
+    .replace("{confirmation}", TEST_CONFIRMATION)
+    .replace("{confirmed_by_get_event}", confirmation_body("get_event"))
 )
 
 _MAKE_DUE = text(
@@ -163,6 +173,7 @@ async def record_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) ->
             "identity_ids": [o.identity_id for o in fetched],
             "object_types": [o.object_type for o in fetched],
             "undelivered": [o.undelivered_webhooks for o in fetched],
+            "is_tests": [o.is_test for o in fetched],
             "retry_ids": [o.event_id for o in retries],
             "delays": [o.delay_s for o in retries],
             "retry_errors": [o.error for o in retries],

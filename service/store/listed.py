@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.store.tables import as_jsonb
+from service.store.tables import TEST_CONFIRMATION, as_jsonb, confirmation_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +20,7 @@ class Listed:
     event_id: uuid.UUID
     type: str
     created_at: datetime
-    is_test: bool
+    is_test: bool  # the listing's `is_test` filter: Paxos's word
     raw: str  # the event exactly as Paxos sent it
     identity_id: str | None
     object_type: str | None
@@ -33,7 +33,10 @@ class Listed:
 # - a known id still waiting for its Get Event (same type) is completed from the listing: the
 #   event is the same authenticated answer Paxos would give, so the fetch is not needed;
 # - a known fetched id is left alone;
-# - the journal gets the full event once (ON CONFLICT DO NOTHING), in the same transaction.
+# - the journal gets the full event once (ON CONFLICT DO NOTHING), in the same transaction;
+# - Paxos's word on the test flag (which listing held the event) is recorded as the fetcher
+#   records it: `confirmed_is_test`, and a test event's `test_confirmation`. A pending event
+#   keeps the `is_test` its notification said (it never changes), right or wrong.
 # A webhook for the same id racing this statement either inserts first (this one then
 # completes it) or conflicts after (and ends as `via = webhook`, counting its delivery).
 _RECORD = text(
@@ -47,15 +50,17 @@ _RECORD = text(
     ),
     upserted AS (
         INSERT INTO events AS e (
-            event_id, type, source, time, object, is_test, status, via, deliveries,
-            fetched_at, identity_id, object_type, undelivered_webhooks, detail, next_attempt_at
+            event_id, type, source, time, object, is_test, confirmed_is_test, status, via,
+            deliveries, fetched_at, identity_id, object_type, undelivered_webhooks, detail,
+            next_attempt_at
         )
-        SELECT event_id, type, 'com.paxos', time, 'event', is_test, 'fetched', 'list_events', 0,
-               clock_timestamp(), identity_id, object_type, undelivered_webhooks,
-               {detail}, NULL
+        SELECT event_id, type, 'com.paxos', time, 'event', is_test, is_test, 'fetched',
+               'list_events', 0, clock_timestamp(), identity_id, object_type,
+               undelivered_webhooks, {detail}, NULL
         FROM input ORDER BY event_id
         ON CONFLICT (event_id) DO UPDATE SET
             status = 'fetched',
+            confirmed_is_test = coalesce(e.confirmed_is_test, excluded.confirmed_is_test),
             detail = excluded.detail,
             identity_id = excluded.identity_id,
             object_type = excluded.object_type,
@@ -71,11 +76,17 @@ _RECORD = text(
         INSERT INTO journal (event_id, kind, body)
         SELECT i.event_id, 'event', CAST(i.raw AS json)
         FROM input i JOIN upserted u ON u.event_id = i.event_id
-        ORDER BY i.event_id
+        UNION ALL
+        SELECT i.event_id, '{confirmation}', CAST('{confirmed_by_listing}' AS json)
+        FROM input i JOIN upserted u ON u.event_id = i.event_id
+        WHERE i.is_test
+        ORDER BY 1, 2
         ON CONFLICT (event_id, kind) DO NOTHING
     )
     SELECT event_id, inserted FROM upserted
     """.replace("{detail}", as_jsonb("raw"))
+    .replace("{confirmation}", TEST_CONFIRMATION)
+    .replace("{confirmed_by_listing}", confirmation_body("list_events"))
 )
 
 

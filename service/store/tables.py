@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     Computed,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -56,7 +57,18 @@ metadata = MetaData(
     }
 )
 
-JOURNAL_KINDS = ("notification", "event")
+# `test_confirmation`: Paxos confirmed the event is a test event (Get Event answered with
+# `is_test=true`, or the listing of test events held it), written with the full event. A prune
+# removes only events confirmed so, and never this row: the evidence verify checks prunes
+# against (migration 0009).
+TEST_CONFIRMATION = "test_confirmation"
+JOURNAL_KINDS = ("notification", "event", TEST_CONFIRMATION)
+
+
+def confirmation_body(confirmed_by: str) -> str:
+    """The JSON text of a `test_confirmation` row: what confirmed it (`get_event`,
+    `list_events`, or `stored_flag`: migration 0009, for events fetched before it)."""
+    return f'{{"is_test": true, "confirmed_by": "{confirmed_by}"}}'
 
 
 def as_jsonb(json_text: str) -> str:
@@ -71,6 +83,10 @@ JOURNAL_DOC = f"CASE WHEN kind = 'event' THEN {as_jsonb('body')} END"
 # Which events are a transfer's, and by what (migration 0008 writes both out).
 TRANSFER_EVENTS = "starts_with(type, 'transfer.')"
 TRANSFER_OBJECT_ID = "((detail -> 'object'::text) ->> 'id'::text)"
+# A type's family: its text up to and including its first dot (`identity.` for
+# `identity.kyc_refresh.started`, empty without a dot), what a type prefix filter looks up
+# (migration 0010 writes it out; written as PostgreSQL renders it, so `alembic check` agrees).
+TYPE_FAMILY = "\"left\"(type, strpos(type, '.'::text))"
 EVENT_VIAS = ("webhook", "list_events")
 
 journal = Table(
@@ -113,7 +129,12 @@ events = Table(
     Column("source", Text, nullable=False),
     Column("time", DateTime(timezone=True), nullable=False),
     Column("object", Text, nullable=False),
+    # What the notification said; unsigned, so it decides nothing on its own (a trigger keeps
+    # it as received).
     Column("is_test", Boolean, nullable=False),
+    # What Paxos said, set with the full event and never changed after (the same trigger):
+    # NULL until then. The journal's `test_confirmation` row is the evidence of a true.
+    Column("confirmed_is_test", Boolean, nullable=True),
     Column("status", Text, nullable=False, server_default="pending"),
     Column("via", Text, nullable=False, server_default="webhook"),
     Column("deliveries", Integer, nullable=False, server_default="0"),
@@ -141,14 +162,24 @@ events = Table(
 # Every /events listing orders by (time, event_id), and every filter it offers is answered by
 # range scans of indexes that end in (time, event_id), so a page is read in order however
 # deep the cursor (the scans are chosen in store/events.py). A leading column the filter
-# does not pin is enumerated there (is_test: 2 values, status: 4, type: the few dozen
-# present) and the scans merged, so one index serves several filters: fewer indexes for the
-# intake and the fetcher to update.
+# does not pin is enumerated there (is_test: 2 values, status: 4; never the types under a
+# prefix, which senders choose) and the scans merged, so one index serves several filters:
+# fewer indexes for the intake and the fetcher to update.
 Index("ix_events_time_event_id", events.c.time, events.c.event_id)
 # type, type + is_test (and type + status=fetched, checked per row: nearly every row passes).
 Index(
     "ix_events_type_is_test_time_event_id",
     events.c.type,
+    events.c.is_test,
+    events.c.time,
+    events.c.event_id,
+)
+# A type prefix (`identity.*`), alone or with is_test or status=fetched: one range per family
+# and is_test value, however many types the family holds (a scan per type would let a sender
+# who invents 20,000 types make every prefix query take seconds). Built CONCURRENTLY by 0010.
+Index(
+    "ix_events_type_family_is_test_time_event_id",
+    text(TYPE_FAMILY),
     events.c.is_test,
     events.c.time,
     events.c.event_id,
@@ -394,12 +425,13 @@ orchestrations = Table(
     *_last_event_columns(),
 )
 
-# Projections skip test events; this small index (test events are few) lets a batch of
-# journal rows be checked against them without looking up every events row.
+# Projections skip confirmed test events, and prunes remove only those; this small index
+# (test events are few) lets a batch of journal rows be checked against them without a
+# lookup in the whole journal per row.
 Index(
-    "ix_events_test_event_id",
-    events.c.event_id,
-    postgresql_where=events.c.is_test.is_(True),
+    "ix_journal_test_confirmation_event_id",
+    journal.c.event_id,
+    postgresql_where=journal.c.kind == TEST_CONFIRMATION,
 )
 
 # --- The audit trail (service/audit/): seals over the journal, verification, pruning. ------
@@ -446,10 +478,12 @@ prunes = Table(
 )
 
 # Every journal row ever pruned, with its canonical hash: the journal's append-only trigger
-# lets a DELETE through only for a test event's row recorded here first, so the seal chain
-# stays verifiable after pruning (verify accounts the position by this hash). The events
-# table has a trigger too: a row is deleted only if it is a test event whose journal rows
-# are all gone and recorded here (migration 0006).
+# lets a DELETE through only for a row recorded here first, of an event whose
+# `test_confirmation` is in the journal (and never that row), so the seal chain stays
+# verifiable after pruning (verify accounts the position by this hash, and reports a pruned
+# row without a confirmation). The events table has a trigger too: a row is deleted only if
+# its event is so confirmed and its other journal rows are all gone and recorded here
+# (migrations 0006, 0009). Another refuses changing `is_test`, or `confirmed_is_test` once set.
 pruned_journal_rows = Table(
     "pruned_journal_rows",
     metadata,
@@ -462,7 +496,8 @@ pruned_journal_rows = Table(
 # The events table's delete guard looks a test event's pruned rows up by id.
 Index("ix_pruned_journal_rows_event_id", pruned_journal_rows.c.event_id)
 
-# Each verification run and its result (the operator console shows the latest).
+# Each verification run and its result (the operator console shows the latest; GET
+# /audit/verify answers a recent one again).
 audit_verifications = Table(
     "audit_verifications",
     metadata,
@@ -472,4 +507,94 @@ audit_verifications = Table(
     Column("sealed_through", BigInteger, nullable=True),
     Column("rows_checked", BigInteger, nullable=False),
     Column("problems", JSONB, nullable=False),
+    # The newest seal's hash at the time: a recent run is answered again as it was.
+    Column("head_hash", Text, nullable=True),
+)
+
+
+# --- Push subscriptions (service/subscriptions/): durable, ordered, signed delivery. ---------
+
+SUBSCRIPTION_STATES = ("active", "paused", "failing")
+
+# A subscriber's endpoint and where it has read the journal to: `cursor_position`, a feed position
+# (every matching event at or below it is in the outbox or delivered). The filler reads on from
+# it in position order, only up to the feed's horizon (service/store/feed.py: every position at
+# or below it is final), and moves it in the same statement, holding this row's lock (FOR NO
+# KEY UPDATE SKIP LOCKED): one filler at a time copies each row, whatever the number of
+# processes; a filler that finds the row locked reads nothing and moves nothing. The
+# signing secret is kept (an HMAC key cannot be a hash); after a rotation the previous one also
+# signs until `previous_secret_until`.
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("subscription_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    # Exact types or prefixes (`transfer.*`); empty: every type.
+    Column("types", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("include_test", Boolean, nullable=False, server_default=text("false")),
+    Column("state", Text, nullable=False, server_default="active"),
+    Column("max_in_flight", Integer, nullable=False, server_default="16"),
+    Column("secret", LargeBinary, nullable=False),
+    Column("previous_secret", LargeBinary, nullable=True),
+    Column("previous_secret_until", DateTime(timezone=True), nullable=True),
+    Column("cursor_position", BigInteger, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    UniqueConstraint("name"),
+    CheckConstraint(f"state IN {SUBSCRIPTION_STATES!r}", name="state"),
+    CheckConstraint("max_in_flight BETWEEN 1 AND 256", name="max_in_flight"),
+)
+
+# What each subscription still has to deliver: one row per matching journal event, deleted
+# once the receiver acknowledged it (so every index here covers only undelivered rows). Events
+# sharing a `key` go one at a time in position order: only a key's head (no earlier row of the
+# key left) may be claimed, and only when no lease is on it; claims take leases with FOR
+# UPDATE SKIP LOCKED, so any number of processes deliver and a dead one's leases run out.
+# `attempts` fences a late answer: an outcome is written only for the attempt it belongs to.
+subscription_outbox = Table(
+    "subscription_outbox",
+    metadata,
+    Column(
+        "subscription_id",
+        BigInteger,
+        ForeignKey("subscriptions.subscription_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", BigInteger, nullable=False),
+    Column("event_id", Uuid, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column(
+        "next_attempt_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+    ),
+    Column("first_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    PrimaryKeyConstraint("subscription_id", "position"),
+)
+# A key's head: is there an earlier row of the same key? One probe per candidate.
+Index(
+    "ix_subscription_outbox_subscription_id_key_position",
+    subscription_outbox.c.subscription_id,
+    subscription_outbox.c.key,
+    subscription_outbox.c.position,
+)
+
+# Deliveries by outcome, per subscription (added up per written batch of outcomes).
+subscription_deliveries = Table(
+    "subscription_deliveries",
+    metadata,
+    Column(
+        "subscription_id",
+        BigInteger,
+        ForeignKey("subscriptions.subscription_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("outcome", Text, nullable=False),
+    Column("count", BigInteger, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("subscription_id", "outcome"),
 )

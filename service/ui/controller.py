@@ -28,6 +28,7 @@ from service.ui.pages import DEPENDENCIES, PAGE_SIZE
 from service.ui.pipeline import PipelinePages
 from service.ui.signin import SignInPages
 from service.ui.transfers import TransferPages
+from service.web.serving import FORM_MAX_BODY_BYTES
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,6 +43,8 @@ def console_handlers() -> list[Any]:
             exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
             after_request=security_headers,
             request_class=HTMXRequest,
+            # Forms only, and small: anyone may post the sign-in form.
+            request_max_body_size=FORM_MAX_BODY_BYTES,
             include_in_schema=False,
         ),
         create_static_files_router(

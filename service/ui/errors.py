@@ -10,6 +10,7 @@ import structlog
 from litestar import Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.plugins.htmx import HTMXDetails
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -40,7 +41,10 @@ def error_page(request: Request[Any, Any, State], exc: Exception) -> Response[An
             # empty body is what any other client should see.
             return Response(b"", status_code=401, headers={"HX-Redirect": target})
         return Redirect(target, status_code=303)
-    if isinstance(exc, HTTPException):
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = request.route_handler.resolve_request_max_body_size()
+        status, message = exc.status_code, f"The form is larger than {limit} bytes."
+    elif isinstance(exc, HTTPException):
         status, message = exc.status_code, exc.detail
     elif is_store_outage(exc):
         log.warning("console: store unavailable", error=type(exc).__name__)

@@ -8,7 +8,9 @@ a deployment accepts every other's sessions, and sessions survive restarts. Each
 checks the digest against the tokens configured *now*: removing a token from the settings
 ends the sessions opened with it.
 
-The cookie is HttpOnly, SameSite=Strict, and Secure when the request came over HTTPS.
+The cookie is HttpOnly, SameSite=Strict, and Secure when the request came over HTTPS (to the
+service itself, or as the X-Forwarded-Proto of a proxy in TRUSTED_PROXIES says; from anyone
+else that header is ignored: `service.web.serving`).
 Every form that changes something carries the session's CSRF token in a hidden field, checked
 in constant time; the sign-in form, which has no session yet, is checked the same way against
 a short-lived cookie set with the form (double submit).
@@ -131,7 +133,8 @@ def read(key: bytes, settings: Settings, value: str | None) -> Session | None:
 
 
 def is_https(request: Request[Any, Any, Any]) -> bool:
-    """Whether the request came over HTTPS (behind a proxy: as uvicorn's proxy headers say)."""
+    """Whether the request came over HTTPS (behind a proxy in TRUSTED_PROXIES: as its
+    X-Forwarded-Proto says, which uvicorn has already applied to the scheme)."""
     return request.url.scheme == "https"
 
 

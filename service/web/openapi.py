@@ -11,12 +11,14 @@ security schemes say which credentials each route takes, so clients and contract
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import msgspec
 from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import (
     Components,
     OAuthFlow,
@@ -31,7 +33,10 @@ from litestar.openapi.spec import (
     Schema,
     SecurityScheme,
 )
+from litestar.response import Response
+from litestar.router import Router
 from litestar.routes import HTTPRoute
+from litestar.static_files import create_static_files_router
 
 from service.domain.stored import EVENT_STATUSES
 from service.settings import Settings, WebhookAuth
@@ -78,6 +83,7 @@ THROTTLED = problem(
 NOT_FOUND = problem("No such resource.")
 BAD_PARAMETER = problem("A bad parameter; the problem's `parameter` member names it.")
 STORE_UNAVAILABLE = problem("The database is unreachable; nothing was changed, retry.")
+BODY_TOO_LARGE = problem("The body is larger than this route reads (16 KiB unless it says).")
 
 
 def security_components(settings: Settings) -> Components:
@@ -154,6 +160,9 @@ def document_responses(app: Litestar, settings: Settings) -> None:
                 extra[404] = NOT_FOUND
             if not path.startswith(UNTHROTTLED_PREFIXES):
                 extra[429] = THROTTLED
+            # Every body has a limit (the app's request_max_body_size, or the route's own).
+            if getattr(handler.operation_class, "reads_body", False):
+                extra[413] = BODY_TOO_LARGE
             handler.responses = {**extra, **(handler.responses or {})}
             if security is not None and handler.security is None:
                 handler.security = security
@@ -169,6 +178,9 @@ def request_body_operation(media_type: str, schema: Schema, description: str) ->
 
     @dataclass
     class BodyOperation(Operation):
+        # `document_responses` adds the 413 of a body over the limit.
+        reads_body: ClassVar[bool] = True
+
         def __post_init__(self) -> None:
             self.request_body = body
 
@@ -285,3 +297,40 @@ def list_operation(filters: dict[str, str]) -> type[Operation]:
             self.parameters = [*(self.parameters or []), *docs]
 
     return ListOperation
+
+
+# Swagger UI for /schema, served by the service itself: from a CDN it would be blank without
+# internet, and a third party's scripts would run on the origin of the console (/ui). The files
+# are the npm package swagger-ui-dist, vendored unchanged (Apache-2.0: static/swagger-ui/LICENSE
+# and NOTICE; what the bundle bundles: the *.LICENSE.txt beside it). No PyPI package fits:
+# `swagger-ui-bundle` ships Swagger UI 4, which cannot render the OpenAPI 3.1 Litestar writes,
+# and `swagger-ui-py` adds ~20 MB of Swagger Editor and PyYAML to the image.
+SWAGGER_UI_VERSION = "5.35.0"
+SCHEMA_ASSETS_PATH = "/schema/static"
+_SWAGGER_UI_FILES = Path(__file__).resolve().parent / "static" / "swagger-ui"
+
+
+def swagger_ui() -> SwaggerRenderPlugin:
+    """Litestar's Swagger UI page, its scripts, style sheet and icon from this service."""
+    return SwaggerRenderPlugin(
+        js_url=f"{SCHEMA_ASSETS_PATH}/swagger-ui-bundle.js",
+        css_url=f"{SCHEMA_ASSETS_PATH}/swagger-ui.css",
+        standalone_preset_js_url=f"{SCHEMA_ASSETS_PATH}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{SCHEMA_ASSETS_PATH}/favicon-32x32.png'>",
+    )
+
+
+async def _nosniff(response: Response[Any]) -> Response[Any]:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+def schema_assets() -> Router:
+    """The Swagger UI files under `SCHEMA_ASSETS_PATH` (no credentials, like /schema)."""
+    return create_static_files_router(
+        path=SCHEMA_ASSETS_PATH,
+        directories=[_SWAGGER_UI_FILES],
+        name="schema-static",
+        include_in_schema=False,
+        after_request=_nosniff,
+    )

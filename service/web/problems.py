@@ -25,6 +25,7 @@ import msgspec
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from service.db.outages import STORE_ERRORS, is_store_outage
@@ -143,6 +144,15 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
             headers=exc.headers,
             instance=request.url.path,
             **exc.extensions,
+        )
+    if isinstance(exc, RequestEntityTooLarge):
+        # Litestar's, from the route's `request_max_body_size`: say what the limit is.
+        limit = request.route_handler.resolve_request_max_body_size()
+        return problem_response(
+            exc.status_code,
+            f"body is larger than {limit} bytes",
+            type_slug="body-too-large",
+            instance=request.url.path,
         )
     extensions: dict[str, Any] = {}
     detail = exc.detail

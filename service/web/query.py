@@ -205,3 +205,14 @@ def parse_limit(value: str | None) -> int:
     if not re.fullmatch(r"\d{1,7}", value) or not 1 <= int(value) <= MAX_LIMIT:
         raise InvalidParameter("limit", f"{value!r}: must be an integer from 1 to {MAX_LIMIT}")
     return int(value)
+
+
+def parse_types(values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The `type` values of a query (exact types, prefixes with their final dot), as /events
+    reads them; for the other routes that filter by type (the feed)."""
+    return _parse_types(values)
+
+
+def parse_is_test(value: str | None) -> bool | None:
+    """An `is_test` value (`true` or `false`), or None when absent."""
+    return _parse_is_test(value)

@@ -13,8 +13,12 @@ memory before the app sees anything. `GuardedHttpToolsProtocol` adds both bounds
   is `431` and the connection is closed, before the rest is buffered.
 
 `HTTP_MAX_CONNECTIONS` is uvicorn's `limit_concurrency`: past it, new requests get 503 at once.
-X-Forwarded-For is honoured only from TRUSTED_PROXIES (uvicorn's proxy-headers support), so a
-client cannot choose the address the failed-authentication throttle counts against.
+X-Forwarded-For and X-Forwarded-Proto are honoured only from TRUSTED_PROXIES (uvicorn's
+proxy-headers support), so a client cannot choose the address the failed-authentication
+throttle counts against, nor make the service believe it came over HTTPS.
+
+What every answer and body shares, whatever serves the app (uvicorn, or ASGI in tests): the
+body limits, and HSTS over HTTPS (`strict_transport_security`).
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 import uvicorn
+from litestar.types import Message, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 def _plain_response(status: bytes, text: bytes) -> bytes:
@@ -34,6 +42,18 @@ def _plain_response(status: bytes, text: bytes) -> bytes:
         b"content-length: " + str(len(text)).encode() + b"\r\nconnection: close\r\n\r\n" + text
     )
 
+
+# Bodies: every route that takes one reads at most this much (Litestar's
+# `request_max_body_size`; larger is 413 from Content-Length, or as the stream passes it),
+# so nobody can make the service buffer and parse megabytes on its event loop. The webhook has
+# its own, WEBHOOK_MAX_BODY_BYTES; the OAuth token endpoint its own, smaller.
+API_MAX_BODY_BYTES = 16 * 1024  # an admin JSON body (a backfill of all ~60 Paxos types: 2 KB)
+FORM_MAX_BODY_BYTES = 8 * 1024  # a console form (the largest: 50 event ids, ~2.5 KB)
+
+# Sent with every answer over HTTPS (directly, or as a trusted proxy's X-Forwarded-Proto
+# says): browsers then use HTTPS only for a year. Not includeSubDomains: other hosts under
+# the same domain are not ours to decide for.
+STRICT_TRANSPORT_SECURITY = "max-age=31536000"
 
 REQUEST_TIMEOUT = _plain_response(b"408 Request Timeout", b"request not received in time\n")
 HEADERS_TOO_LARGE = _plain_response(
@@ -124,6 +144,41 @@ def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
             "max_header_bytes": settings.http_max_header_bytes,
         },
     )
+
+
+_FORWARDED_PROTO = b"x-forwarded-proto"
+_HSTS_HEADER = (b"strict-transport-security", STRICT_TRANSPORT_SECURITY.encode())
+_ignored_proxy_warned = False
+
+
+async def strict_transport_security(message: Message, scope: Scope) -> None:
+    """Litestar `before_send` hook: HSTS on every answer over HTTPS.
+
+    Over plain HTTP it watches, until it has said so once, for an X-Forwarded-Proto that was
+    ignored (its sender is not in TRUSTED_PROXIES): behind a TLS proxy that is a
+    misconfiguration that leaves the console's cookie without Secure and sends no HSTS.
+    """
+    if message["type"] != "http.response.start":
+        return
+    if scope.get("scheme") == "https":
+        message["headers"] = [*message.get("headers", ()), _HSTS_HEADER]
+    elif not _ignored_proxy_warned:
+        _warn_if_proxy_ignored(scope)
+
+
+def _warn_if_proxy_ignored(scope: Scope) -> None:
+    global _ignored_proxy_warned
+    for name, value in scope.get("headers", ()):
+        if name == _FORWARDED_PROTO and value.strip().lower() == b"https":
+            _ignored_proxy_warned = True
+            client = scope.get("client")
+            log.warning(
+                "X-Forwarded-Proto ignored: its sender is not in TRUSTED_PROXIES, so the "
+                "console's cookies are not Secure and no HSTS is sent; set TRUSTED_PROXIES to "
+                "the TLS proxy's address",
+                sender=client[0] if client else None,
+            )
+            return
 
 
 def server_config(app: Any, settings: Settings) -> uvicorn.Config:

@@ -2,16 +2,22 @@
 
 Every 401 the service answers (a wrong or missing API key, OAuth client secret, JWT, or read
 or admin token) counts as one failure against the client's address. Failures leak away at
-`limit / window_s` per second (a leaky bucket); an address whose bucket holds `limit` failures
-is answered `429` with `Retry-After` on every authenticated route, without its credentials
-being looked at, until the bucket has room for one more try. A guesser therefore gets about
-`limit` tries per window, and legitimate senders from other addresses are not affected.
+`limit / window_s` per second (a leaky bucket); while an address's bucket holds `limit`
+failures, each further failure of it is answered `429` with `Retry-After` instead of `401`,
+until the bucket has room for one more.
+
+Credentials are always checked first, and the throttle acts only on the answer: a valid
+credential is never refused, whatever its address did before. Behind one NAT or one proxy
+(`TRUSTED_PROXIES` unset), a stranger's wrong keys therefore cannot lock Paxos or an operator
+out. The throttle does not cap how many guesses are checked (a right guess must succeed): the
+length of the keys and tokens is the defence against guessing; the throttle makes a guesser
+conspicuous (`paxos_auth_throttled_total`), tells well-behaved clients to back off, and keeps
+one address's failures from flooding the log.
 
 The counts live in this process's memory only. That is deliberate: this is a defence, not a
 correctness property (DESIGN.md §1 keeps those in Postgres). With N `serve` processes a guesser
-gets N times the tries; an attacker with many addresses gets more; a restart forgets. The
-table is bounded (`max_clients`, least recently failed evicted first), so a flood of new
-addresses costs memory once, never without bound.
+gets N times the 401s; a restart forgets. The table is bounded (`max_clients`, least recently
+failed evicted first), so a flood of new addresses costs memory once, never without bound.
 
 A success does not reset anything: an attacker's count is its own address's, and a valid
 request from elsewhere (or even from the same address, behind one NAT) leaves it as it was.
@@ -38,7 +44,8 @@ from litestar.types import (
 from service.telemetry import metrics
 from service.web.problems import PROBLEM_JSON, problem_body
 
-# Routes that check no credentials: a throttled address may still probe health and the docs.
+# Routes that check no credentials: nothing to count there, and a throttled address may always
+# probe health and the docs.
 UNTHROTTLED_PREFIXES = ("/health/", "/schema")
 
 
@@ -73,9 +80,9 @@ class FailureThrottle:
         return max(0.0, level - (now - at) * self._leak_per_s)
 
     def retry_after(self, client: str) -> int | None:
-        """Seconds `client` must wait before its credentials are checked again, or None."""
+        """Seconds before a failure of `client` is answered 401 again (None: now)."""
         now = self._clock()
-        # Room for one more failure: checked (and maybe failed) once more.
+        # Room for one more failure: it is answered 401 (and counted).
         excess = self._level(client, now) + 1 - self.limit
         if excess <= 0:
             return None
@@ -99,10 +106,14 @@ def client_address(scope: Scope) -> str:
 
 
 class ThrottleMiddleware:
-    """ASGI middleware: refuse a throttled address with 429; count every 401 answered.
+    """ASGI middleware: count every 401 answered; answer 429 instead while the address is over
+    its limit.
 
     One place for every route that authenticates (webhooks, `/oauth/token`, the read and
-    admin API, and routes added later), rather than a check in each authenticator.
+    admin API, the console's sign-in, and routes added later), rather than a check in each
+    authenticator. It looks only at the status the route answers, so the credential check
+    itself is the route's, unchanged (constant time), and a request that passes it is never
+    touched.
     """
 
     def __init__(self, app: ASGIApp, throttle: FailureThrottle) -> None:
@@ -114,39 +125,48 @@ class ThrottleMiddleware:
             await self.app(scope, receive, send)
             return
         client = client_address(scope)
-        wait = self.throttle.retry_after(client)
-        if wait is not None:
-            metrics.AUTH_THROTTLED.inc()
-            body = problem_body(
-                429,
-                "too many failed authentications from this address; retry later",
-                type_slug="too-many-failed-authentications",
-                instance=scope["path"],
-            )
-            start: HTTPResponseStartEvent = {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(wait).encode()),
-                ],
-            }
-            end: HTTPResponseBodyEvent = {
-                "type": "http.response.body",
-                "body": body,
-                "more_body": False,
-            }
-            await send(start)
-            await send(end)
-            return
+        replaced = False
 
-        async def counting_send(message: Message) -> None:
+        async def throttling_send(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the rest of the 401 that the 429 replaced
             if message["type"] == "http.response.start" and message["status"] == 401:
+                wait = self.throttle.retry_after(client)
+                if wait is not None:
+                    replaced = True
+                    await self._refuse(scope, send, wait)
+                    return
                 self.throttle.failed(client)
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        await self.app(scope, receive, throttling_send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, wait: int) -> None:
+        metrics.AUTH_THROTTLED.inc()
+        body = problem_body(
+            429,
+            "too many failed authentications from this address; retry later",
+            type_slug="too-many-failed-authentications",
+            instance=scope["path"],
+        )
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(wait).encode()),
+            ],
+        }
+        end: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": body,
+            "more_body": False,
+        }
+        await send(start)
+        await send(end)
 
 
 def throttle_middleware(throttle: FailureThrottle) -> Callable[[ASGIApp], ASGIApp]:

@@ -79,6 +79,26 @@ async def test_jsonl_export_carries_the_evidence_and_the_covering_seals(
     assert trailer["head"]["hash"] == trailer["seals"]["last"]["hash"]
 
 
+async def test_a_test_event_is_exported_with_paxoss_confirmation(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    [test] = await add_events(engine, 1, is_test=True)
+    [real] = await add_events(engine, 1, time=T0 + timedelta(hours=1))
+    await seal_pending(engine)
+    records = lines((await client.get("/audit/export", params=WINDOW, headers=read_headers())).text)
+    exported, trailer = {r["event_id"]: r for r in records[:-1]}, records[-1]
+    confirmed = exported[str(test)]
+    assert (confirmed["is_test"], confirmed["confirmed_is_test"]) == (True, True)
+    assert json.loads(confirmed["test_confirmation"]["body"]) == {
+        "is_test": True,
+        "confirmed_by": "get_event",
+    }
+    check_row_hash(str(test), "test_confirmation", confirmed["test_confirmation"])
+    assert exported[str(real)]["test_confirmation"] is None
+    assert exported[str(real)]["confirmed_is_test"] is False
+    assert (trailer["journal_rows"], trailer["all_sealed"]) == (5, True)
+
+
 async def test_unsealed_rows_are_flagged_in_the_trailer(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:

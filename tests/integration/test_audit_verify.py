@@ -3,13 +3,16 @@ triggers off, is found and named with its position or seal; a clean chain verifi
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.audit.seals import head
-from service.store.audit.verify import VerifyReport, last_run, verify
-from tests.support.audit import add_events, sealed_journal, tamper
-from tests.support.tokens import read_headers
+from service.store.audit.verify import VERIFY_LOCK, VerifyReport, last_run, verify
+from tests.support.audit import add_events, count, sealed_journal, tamper
+from tests.support.tokens import admin_headers, read_headers
 
 THRESHOLD_S = 3600.0
 
@@ -143,8 +146,10 @@ async def test_get_audit_verify(client: httpx.AsyncClient, engine: AsyncEngine) 
         [],
     )
     await tamper(engine, "DELETE FROM journal WHERE position = 10")
+    await age_runs(engine)  # a recent run would be answered again (see below)
     body = (await client.get("/audit/verify", headers=read_headers())).json()
     assert body["ok"] is False
+    assert body.pop("verified_at")
     assert body["problems"] == [
         {
             "kind": "deleted_row",
@@ -154,3 +159,78 @@ async def test_get_audit_verify(client: httpx.AsyncClient, engine: AsyncEngine) 
         }
     ]
     assert (await client.get("/audit/verify")).status_code == 401
+
+
+# --- one verification at a time; a recent one is answered again (issue 15, item 9) ---------
+
+
+async def runs(engine: AsyncEngine) -> int:
+    return await count(engine, "SELECT count(*) FROM audit_verifications")
+
+
+async def age_runs(engine: AsyncEngine) -> None:
+    """Make every recorded run older than a reader is answered with."""
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE audit_verifications SET ran_at = ran_at - interval '1 h'"))
+
+
+async def test_concurrent_calls_run_one_verification(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await sealed_journal(engine)
+    headers = [read_headers(), admin_headers()] * 4
+    responses = await asyncio.gather(*(client.get("/audit/verify", headers=h) for h in headers))
+    assert [r.status_code for r in responses] == [200] * 8
+    bodies = [r.json() for r in responses]
+    assert all(b == bodies[0] for b in bodies)
+    assert bodies[0]["ok"] is True and bodies[0]["rows_checked"] == 10
+    assert await runs(engine) == 1
+
+
+async def test_a_recent_run_is_answered_again_and_an_older_one_is_run_anew(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    await sealed_journal(engine)
+    first = (await client.get("/audit/verify", headers=read_headers())).json()
+    await tamper(engine, "DELETE FROM journal WHERE position = 10")
+    again = (await client.get("/audit/verify", headers=read_headers())).json()
+    assert again == first  # recorded under a minute ago: no new run
+    assert await runs(engine) == 1
+    await age_runs(engine)
+    fresh = (await client.get("/audit/verify", headers=read_headers())).json()
+    assert fresh["ok"] is False and fresh["verified_at"] > first["verified_at"]
+    assert await runs(engine) == 2
+
+
+async def test_a_run_elsewhere_is_waited_for_and_its_result_answered(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Another process verifying holds the deployment's lock: a caller waits for it, then
+    answers the run it recorded instead of running its own."""
+    await sealed_journal(engine)
+    async with engine.connect() as other:
+        await other.begin()
+        await other.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": VERIFY_LOCK})
+        call = asyncio.create_task(client.get("/audit/verify", headers=read_headers()))
+        await asyncio.sleep(0.5)
+        assert not call.done()
+        await other.execute(
+            text(
+                "INSERT INTO audit_verifications "
+                "(ok, sealed_through, rows_checked, problems, head_hash) "
+                "VALUES (true, 11, 10, '[]', 'ab12')"
+            )
+        )
+        await other.commit()
+        response = await asyncio.wait_for(call, 10)
+    assert response.status_code == 200
+    body = response.json()
+    assert body.pop("verified_at")
+    assert body == {
+        "ok": True,
+        "sealed_through": 11,
+        "rows_checked": 10,
+        "head_hash": "ab12",
+        "problems": [],
+    }
+    assert await runs(engine) == 1

@@ -20,7 +20,10 @@ from service.app import create_app
 from service.background import running_background
 from service.fetching.fetcher import Fetcher
 from service.paxos.client import ListFilter, PaxosClient, build_client
+from service.projections.runner import Projector
 from service.settings import Settings
+from service.store.audit.prune import prune_test_events
+from service.store.audit.seals import seal_pending
 from service.store.fetch_queue import claim_due
 from service.store.tables import journal, rate_limits
 from tests.support.asgi import app_client
@@ -137,7 +140,8 @@ async def test_a_429_pauses_every_fetcher_for_retry_after(
 async def test_a_lagging_event_is_fetched_after_a_few_404s(
     client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
 ) -> None:
-    paxos.state.faults.lag_calls = 2
+    # Each attempt that meets a 404 asks the other side too (is_test=true): two calls.
+    paxos.state.faults.lag_calls = 4
     sim = next(e for e in paxos.universe if not e.is_test)
     await deliver(client, [sim.notification()])
     await settle(engine, new_fetcher(engine, fetch_settings, paxos))
@@ -323,3 +327,70 @@ async def test_a_fetch_wakes_the_projector_without_waiting_for_its_poll(
                     break
                 await asyncio.sleep(0.05)
     assert shown.json()["last_event_id"] == sim.id
+
+
+# --- the test flag is Paxos's word, not the notification's (issue 15, item 3) ----------------
+
+
+async def test_a_real_event_notified_as_a_test_event_is_stored_and_projected_as_real(
+    client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
+) -> None:
+    sim = next(e for e in paxos.universe if e.type == "identity.approved" and not e.is_test)
+    await deliver(client, [sim.notification() | {"is_test": True}])
+    await settle(engine, new_fetcher(engine, fetch_settings, paxos))
+
+    row = (await rows(engine))[sim.id]
+    # Get Event with is_test=true: 404; with is_test=false: the event. The notification's
+    # flag stays as received, Paxos's answer beside it.
+    assert (row["status"], row["is_test"], row["confirmed_is_test"]) == ("fetched", True, False)
+    assert row["detail"] == sim.event_body()
+    assert paxos.state.counts["get_event 404"] == 1 and paxos.state.counts["get_event 200"] == 1
+    await Projector(engine).catch_up()
+    shown = await client.get(f"/identities/{sim.object['identity_id']}", headers=read_headers())
+    assert shown.status_code == 200 and shown.json()["last_event_id"] == sim.id
+    await seal_pending(engine)
+    assert (await prune_test_events(engine, 0)).events == 0
+
+
+async def test_a_test_event_notified_as_real_is_confirmed_as_a_test_event(
+    client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
+) -> None:
+    sim = next(e for e in paxos.universe if e.is_test and e.object.get("identity_id"))
+    await deliver(client, [sim.notification() | {"is_test": False}])
+    await settle(engine, new_fetcher(engine, fetch_settings, paxos))
+
+    row = (await rows(engine))[sim.id]
+    assert (row["status"], row["is_test"], row["confirmed_is_test"]) == ("fetched", False, True)
+    assert await journal_kinds(engine, sim.id) == ["notification", "event", "test_confirmation"]
+    await Projector(engine).catch_up()
+    shown = await client.get(f"/identities/{sim.object['identity_id']}", headers=read_headers())
+    assert shown.status_code == 404
+    await seal_pending(engine)
+    assert (await prune_test_events(engine, 0)).events == 1
+
+
+async def test_a_test_event_is_confirmed_by_one_get_event(
+    client: httpx.AsyncClient, engine: AsyncEngine, fetch_settings: Settings, paxos: Paxos
+) -> None:
+    sims = [e for e in paxos.universe if e.is_test][:2]
+    real = next(e for e in paxos.universe if not e.is_test)
+    await deliver(client, [e.notification() for e in [*sims, real]])
+    await settle(engine, new_fetcher(engine, fetch_settings, paxos))
+    stored = await rows(engine)
+    assert [stored[e.id]["confirmed_is_test"] for e in sims] == [True, True]
+    assert stored[real.id]["confirmed_is_test"] is False
+    assert await journal_kinds(engine, real.id) == ["notification", "event"]
+    assert paxos.state.counts["get_event 200"] == 3 and paxos.state.counts["get_event 404"] == 0
+
+
+async def journal_kinds(engine: AsyncEngine, event_id: str) -> list[str]:
+    async with engine.connect() as conn:
+        return list(
+            (
+                await conn.execute(
+                    select(journal.c.kind)
+                    .where(journal.c.event_id == uuid.UUID(event_id))
+                    .order_by(journal.c.position)
+                )
+            ).scalars()
+        )

@@ -11,6 +11,7 @@ from service.db.engine import create_engine
 from service.settings import Settings
 from tests.support.asgi import app_client
 from tests.support.factories import encode, notification
+from tests.support.tokens import read_headers
 from tests.support.webhooks import post
 
 
@@ -51,6 +52,7 @@ async def test_not_ready_when_the_database_is_unreachable(settings: Settings) ->
         "database": "unreachable",
         "migrations": "unknown",
         "fetch_backlog": None,
+        "fetching": "workers",
     }
     assert "hunter2" not in response.text
 
@@ -85,7 +87,7 @@ async def test_wrong_method_is_a_problem(client: httpx.AsyncClient) -> None:
 async def test_read_routes_answer_503_when_the_database_is_unreachable(settings: Settings) -> None:
     unreachable = create_engine("postgresql://postgres:hunter2@127.0.0.1:1/nowhere")
     async for client in app_client(create_app(settings, engine=unreachable)):
-        headers = {"Authorization": "Bearer test-read-token"}
+        headers = read_headers()
         listing = await client.get("/events", headers=headers)
         one = await client.get("/events/6f2c7d3e-1b1a-4f7e-9a43-1c1c1c1c1c1c", headers=headers)
     await unreachable.dispose()

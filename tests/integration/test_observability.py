@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import re
 import uuid
 
 import httpx
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
 from service.db.engine import create_engine
+from service.domain.notification import KNOWN_TYPES
 from service.fetching.fetcher import Fetcher
 from service.paxos.client import build_client
 from service.settings import Settings
@@ -20,6 +23,7 @@ from tests.support.asgi import app_client
 from tests.support.factories import encode, notification
 from tests.support.fetching import FAST, Paxos, deliver, paxos_settings, settle
 from tests.support.tokens import API_KEY, read_headers
+from tests.support.webhooks import post
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent
@@ -60,6 +64,21 @@ async def test_metrics_count_webhooks_fetches_and_the_backlog(
         "paxos_rate_limit_waits_total",
     ):
         assert name in text
+
+
+async def test_invented_event_types_do_not_grow_the_metrics(client: httpx.AsyncClient) -> None:
+    prefixes = ("identity.", "transfer.", "orchestration.", "")
+    invented = [f"{prefixes[n % 4]}invented_{n}.x" for n in range(300)]
+    for start in range(0, len(invented), 50):
+        answers = await asyncio.gather(
+            *(post(client, encode(notification(type=t))) for t in invented[start : start + 50])
+        )
+        assert {a.status_code for a in answers} == {200}  # stored all the same
+    await post(client, encode(notification(type="transfer.crypto_deposit.completed")))
+    text = (await client.get("/metrics", headers=read_headers())).text
+    labels = set(re.findall(r'^paxos_webhooks_total\{[^}]*type="([^"]*)"', text, re.MULTILINE))
+    assert {"other", "transfer.crypto_deposit.completed"} <= labels
+    assert labels <= {*KNOWN_TYPES, "other"}, sorted(labels - {*KNOWN_TYPES, "other"})[:5]
 
 
 async def test_log_lines_about_an_event_carry_its_id(

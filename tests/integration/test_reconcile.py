@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.jobs.runner import JobRunner
 from service.paxos.client import PaxosClient, build_client
+from service.projections.runner import Projector
 from service.reconciling.reconciler import (
     GRACE,
     Reconciler,
@@ -25,11 +26,14 @@ from service.reconciling.reconciler import (
 from service.settings import Settings
 from service.simulator.server import SimulatorConfig, create_simulator, simulator_state
 from service.simulator.universe import SimEvent, generate_universe
+from service.store.audit.prune import prune_test_events
+from service.store.audit.seals import seal_pending
 from service.store.listed import record_listed
 from service.store.reconcile import Counts, PassState, Window, load_pass, start_pass
 from service.store.tables import events, journal, reconcile_missed, reconcile_passes
 from tests.support.fetching import PAXOS, Paxos, deliver, paxos_settings
-from tests.support.tokens import admin_headers, read_headers
+from tests.support.projections import stored_view, universe_folds, view_of_state
+from tests.support.tokens import API_KEY, admin_headers, read_headers
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 END = START + timedelta(days=1)
@@ -134,7 +138,7 @@ async def test_a_webhook_after_a_backfill_is_a_duplicate_and_marks_it_delivered(
     response = await client.post(
         "/webhooks/paxos",
         content=msgspec.json.encode(event.notification()),
-        headers={"Content-Type": "application/json", "X-Api-Key": "test-api-key"},
+        headers={"Content-Type": "application/json", "X-Api-Key": API_KEY},
     )
     assert response.json()["status"] == "duplicate"
     row = (await stored(engine))[event.id]
@@ -160,7 +164,7 @@ async def test_a_webhook_and_a_listing_racing_for_one_event_end_as_one(
         async with engine.begin() as conn:
             await record_listed(conn, [to_listed(fetched[e.id], False)])
 
-    headers = {"Content-Type": "application/json", "X-Api-Key": "test-api-key"}
+    headers = {"Content-Type": "application/json", "X-Api-Key": API_KEY}
     results = await asyncio.gather(
         *(
             coro
@@ -321,3 +325,35 @@ async def test_a_bad_backfill_request_is_named(
     response = await client.post("/admin/backfill", json=body, headers=admin_headers())
     assert response.status_code == status
     assert mentions in response.json()["detail"]
+
+
+async def test_a_listing_records_what_paxos_says_not_what_the_notification_said(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings, sim: Paxos
+) -> None:
+    """A pending event completed by a listing takes its test flag from the listing: a real
+    event notified as a test event is projected and cannot be pruned, and the other way
+    round (issue 15, item 3)."""
+    real = next(e for e in sim.universe if not e.is_test and e.type.startswith("identity."))
+    test = next(e for e in sim.universe if e.is_test)
+    await deliver(client, [real.notification() | {"is_test": True}])
+    await deliver(client, [test.notification() | {"is_test": False}])
+
+    state = await start_pass(engine, "backfill", Window(START, END, (), True))
+    await run_pass(engine, paxos_client(settings, engine, sim), state)
+
+    rows = await stored(engine)
+    assert (rows[real.id]["is_test"], rows[real.id]["confirmed_is_test"]) == (True, False)
+    assert (rows[test.id]["is_test"], rows[test.id]["confirmed_is_test"]) == (False, True)
+    for e in sim.universe:
+        assert rows[e.id]["status"] == "fetched" and rows[e.id]["confirmed_is_test"] == e.is_test
+    assert await journal_count(engine, "test_confirmation") == sum(
+        1 for e in sim.universe if e.is_test
+    )
+    await Projector(engine).catch_up()
+    identity_id = real.object["identity_id"]
+    expected = universe_folds(sim)[0][identity_id]  # the real events, this one included
+    assert await stored_view(engine, identity_id) == view_of_state(expected)
+    await seal_pending(engine)
+    result = await prune_test_events(engine, 0)
+    assert result.events == sum(1 for e in sim.universe if e.is_test)
+    assert set(await stored(engine)) == {e.id for e in sim.universe if not e.is_test}

@@ -119,7 +119,7 @@ def _throttled(settings: Settings, surface: str, limit: int = 3, window_s: int =
 
 
 @pytest.mark.parametrize("surface", list(SURFACES))
-async def test_repeated_failures_from_one_address_get_429_without_a_credential_check(
+async def test_repeated_failures_from_one_address_get_429_but_right_credentials_pass(
     settings: Settings, engine: AsyncEngine, surface: str
 ) -> None:
     attempt = SURFACES[surface]
@@ -127,12 +127,14 @@ async def test_repeated_failures_from_one_address_get_429_without_a_credential_c
         attacker, bystander = connect(ATTACKER), connect(BYSTANDER)
         for _ in range(3):
             assert (await attempt(attacker, False)).status_code == 401
-        # Even the right credentials are not looked at now.
-        refused = await attempt(attacker, True)
+        refused = await attempt(attacker, False)
         assert refused.status_code == 429
         assert refused.headers["content-type"].startswith("application/problem+json")
         assert refused.json()["type"].endswith("/too-many-failed-authentications")
         assert 1 <= int(refused.headers["retry-after"]) <= 600
+        # The credentials are checked first: the right ones pass from that address too.
+        assert (await attempt(attacker, True)).status_code in (200, 202)
+        assert (await attempt(attacker, False)).status_code == 429
         # Another address is unaffected, right or wrong.
         assert (await attempt(bystander, True)).status_code in (200, 202)
         assert (await attempt(bystander, False)).status_code == 401
@@ -140,8 +142,8 @@ async def test_repeated_failures_from_one_address_get_429_without_a_credential_c
         assert (await attacker.get("/health/live")).status_code == 200
         assert (await attacker.get("/schema/openapi.json")).status_code == 200
     if surface == "webhook":
-        async with engine.connect() as conn:  # only the bystander's delivery was stored
-            assert await conn.scalar(select(func.count()).select_from(events)) == 1
+        async with engine.connect() as conn:  # the two good deliveries, nothing else
+            assert await conn.scalar(select(func.count()).select_from(events)) == 2
 
 
 async def test_a_success_resets_no_count(settings: Settings, engine: AsyncEngine) -> None:
@@ -152,7 +154,8 @@ async def test_a_success_resets_no_count(settings: Settings, engine: AsyncEngine
         assert (await _read(bystander, True)).status_code == 200
         assert (await _read(attacker, True)).status_code == 200
         assert (await _read(attacker, False)).status_code == 401
-        assert (await _read(attacker, True)).status_code == 429
+        assert (await _read(attacker, False)).status_code == 429
+        assert (await _read(attacker, True)).status_code == 200
 
 
 async def test_the_throttle_lets_go_once_failures_have_leaked_away(
@@ -162,11 +165,11 @@ async def test_the_throttle_lets_go_once_failures_have_leaked_away(
         attacker = connect(ATTACKER)
         for _ in range(2):
             assert (await _read(attacker, False)).status_code == 401
-        refused = await _read(attacker, True)
+        refused = await _read(attacker, False)
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
         await asyncio.sleep(0.6)  # two failures a second leak away
-        assert (await _read(attacker, True)).status_code == 200
+        assert (await _read(attacker, False)).status_code == 401
 
 
 async def test_throttled_requests_are_counted_in_the_metrics(
@@ -183,8 +186,24 @@ async def test_throttled_requests_are_counted_in_the_metrics(
         before = await throttled_total()
         await _read(attacker, False)
         for _ in range(3):
-            assert (await _read(attacker, True)).status_code == 429
+            assert (await _read(attacker, False)).status_code == 429
         assert await throttled_total() == before + 3
+
+
+async def test_a_valid_credential_is_never_refused_by_the_throttle(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    # Everyone behind one address (a NAT, or a proxy without TRUSTED_PROXIES): a stranger's
+    # wrong keys must not lock Paxos or an operator out. The default limit: 20 a minute.
+    assert settings.auth_failure_limit == 20
+    async with serving(settings, engine) as connect:
+        shared = connect(ATTACKER)
+        answers = [(await _webhook(shared, False)).status_code for _ in range(25)]
+        assert answers == [401] * 20 + [429] * 5
+        assert (await _webhook(shared, True)).status_code == 200
+        assert (await _admin(shared, True)).status_code == 200
+        assert (await _webhook(shared, False)).status_code == 429
+        assert (await _admin(shared, False)).status_code == 429
 
 
 # --- every route of the OpenAPI document refuses the wrong credentials ----------------------
@@ -323,7 +342,7 @@ async def test_no_secret_on_the_authentication_failure_paths(
             assert response.status_code == 401
             bodies.append(response.text)
         # Over the limit now: the throttled answer must not echo what was sent either.
-        response = await client.get("/events", headers=bearer(SECRETS["admin token"]))
+        response = await client.get("/events", headers=bearer(SECRETS["admin token"] + "x"))
         assert response.status_code == 429
         bodies.append(response.text)
     assert_no_secret(json_logs.getvalue(), bodies, {"issued token": issued})

@@ -112,6 +112,9 @@ async def test_unknown_fields_are_kept_in_the_journal(
         (encode(notification(id="not-a-uuid")), 422, "id:"),
         (encode(notification(time="2026-01-07 14:30")), 422, "time:"),
         (encode(notification(time="2026-01-07T14:30:02")), 422, "time:"),
+        # Valid RFC 3339, but no UTC form (years 0 and 10000): out of PostgreSQL's range too.
+        (encode(notification(time="0001-01-01T00:00:00+14:00")), 422, "time: out of range"),
+        (encode(notification(time="9999-12-31T23:59:59-00:01")), 422, "time: out of range"),
         (encode(notification(source="com.evil")), 422, "source:"),
         (encode(notification(object="transfer")), 422, "object:"),
         (encode(notification(type="")), 422, "type:"),

@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
 from service.db.engine import create_engine
-from service.intake.oauth import AUDIENCE, ISSUER, load_signing_key
+from service.intake.oauth import AUDIENCE, ISSUER, SIGNING_KEY_NAME, SigningKey, signing_key
 from service.settings import Settings, WebhookAuth
+from service.store.keys import load_service_key
 from service.store.tables import events, service_keys
 from tests.support.asgi import app_client
 from tests.support.factories import encode, notification
@@ -126,12 +127,23 @@ def assert_oauth_error(response: httpx.Response, status: int, error: str) -> dic
     return body
 
 
-def mint(key: bytes, **overrides: Any) -> str:
+async def load_signing_key(engine: AsyncEngine) -> SigningKey:
+    """The key our tokens are signed with: the database key's, derived for this client."""
+    database_key = await load_service_key(engine, SIGNING_KEY_NAME)
+    return signing_key(database_key, CLIENT_ID, CLIENT_SECRET)
+
+
+def mint(key: SigningKey, **overrides: Any) -> str:
     """A token as our endpoint would issue it, with `overrides` (None removes a claim)."""
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": CLIENT_ID, "iat": now, "exp": now + 60}
     claims.update(overrides)
-    return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm="HS256")
+    return jwt.encode(
+        {k: v for k, v in claims.items() if v is not None},
+        key.secret,
+        algorithm="HS256",
+        headers={"kid": key.kid},
+    )
 
 
 # --- the token endpoint -----------------------------------------------------------------------
@@ -180,12 +192,12 @@ async def test_issued_token_carries_the_documented_claims(
     first = assert_token_answer(await token_request(oauth_client, FORM, authorization=basic()))
     second = assert_token_answer(await token_request(oauth_client, FORM, authorization=basic()))
     key = await load_signing_key(engine)
-    claims = jwt.decode(first, key, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
-    assert jwt.get_unverified_header(first)["alg"] == "HS256"
+    claims = jwt.decode(first, key.secret, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
+    assert jwt.get_unverified_header(first) == {"alg": "HS256", "typ": "JWT", "kid": key.kid}
     assert claims["sub"] == CLIENT_ID
     assert claims["exp"] - claims["iat"] == TTL_S
     assert abs(claims["iat"] - time.time()) < 60
-    other = jwt.decode(second, key, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
+    other = jwt.decode(second, key.secret, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
     assert claims["jti"] != other["jti"]
 
 
@@ -347,20 +359,28 @@ async def _forged_tokens(engine: AsyncEngine) -> dict[str, str]:
     now = int(time.time())
     return {
         "garbage": "not.a.token",
-        "another-key": mint(secrets.token_bytes(32)),
+        "another-key": mint(SigningKey(key.kid, secrets.token_bytes(32))),
+        "no-kid": jwt.encode(
+            {"iss": ISSUER, "aud": AUDIENCE, "sub": CLIENT_ID, "iat": now, "exp": now + 60},
+            key.secret,
+            algorithm="HS256",
+        ),
+        "unknown-kid": mint(SigningKey("0" * 16, key.secret)),
         "wrong-audience": mint(key, aud="someone-else"),
         "wrong-issuer": mint(key, iss="https://idp.example.test/"),
         "no-exp": mint(key, exp=None),
         "no-sub": mint(key, sub=None),
         "hs512": jwt.encode(
             {"iss": ISSUER, "aud": AUDIENCE, "sub": CLIENT_ID, "iat": now, "exp": now + 60},
-            key + key,
+            key.secret + key.secret,
             algorithm="HS512",
+            headers={"kid": key.kid},
         ),
         "alg-none": jwt.encode(
             {"iss": ISSUER, "aud": AUDIENCE, "sub": CLIENT_ID, "iat": now, "exp": now + 60},
             None,
             algorithm="none",
+            headers={"kid": key.kid},
         ),
     }
 
@@ -370,6 +390,8 @@ async def _forged_tokens(engine: AsyncEngine) -> dict[str, str]:
     [
         "garbage",
         "another-key",
+        "no-kid",
+        "unknown-kid",
         "wrong-audience",
         "wrong-issuer",
         "no-exp",
@@ -411,8 +433,8 @@ async def test_token_from_one_process_is_accepted_by_another_and_after_restart(
 
 
 async def test_signing_key_is_created_once(engine: AsyncEngine) -> None:
-    keys = await asyncio.gather(*(load_signing_key(engine) for _ in range(8)))
-    keys.append(await load_signing_key(engine))
+    keys = await asyncio.gather(*(load_service_key(engine, SIGNING_KEY_NAME) for _ in range(8)))
+    keys.append(await load_service_key(engine, SIGNING_KEY_NAME))
     assert len(keys[0]) == 32
     assert all(key == keys[0] for key in keys)
     async with engine.connect() as conn:

@@ -1,4 +1,5 @@
-"""`serve` without Paxos credentials: the demo a new user sees, run as a real process."""
+"""`serve --demo`, the demo a new user sees, and `serve` without Paxos credentials outside
+the demo (webhooks in, nothing fetched, no demo), run as real processes."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.background import FETCHING_OFF
+from service.store.tables import events, journal
+from tests.support.factories import encode, notification
 from tests.support.paths import ROOT
+from tests.support.processes import clean_env, running, wait_ready
+from tests.support.tokens import ADMIN_TOKEN, API_KEY, READ_TOKEN, read_headers
 
 
 def free_port() -> int:
@@ -29,7 +38,7 @@ async def test_demo_shows_fetched_events_within_seconds(database_url: str) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAXOS_", "WEBHOOK_", "API_"))}
     env.update(DATABASE_URL=database_url, PORT=str(port), LOG_LEVEL="warning")
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
+        [sys.executable, "-m", "service", "serve", "--demo"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -77,3 +86,58 @@ async def test_demo_shows_fetched_events_within_seconds(database_url: str) -> No
             process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+async def _counts(engine: AsyncEngine) -> tuple[int, int]:
+    async with engine.connect() as conn:
+        stored = (await conn.execute(select(func.count()).select_from(events))).scalar_one()
+        journaled = (await conn.execute(select(func.count()).select_from(journal))).scalar_one()
+    return stored, journaled
+
+
+@pytest.mark.slow
+async def test_serve_on_a_database_url_without_paxos_credentials_is_no_demo(
+    database_url: str, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A real deployment that has not set its Paxos credentials yet: no banner with its
+    secrets, no simulator writing made-up events into its append-only journal; webhooks are
+    stored and acknowledged, nothing is fetched, and both the log and /health/ready say so."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = clean_env(
+        DATABASE_URL=database_url,
+        PORT=str(port),
+        WEBHOOK_API_KEYS=API_KEY,
+        API_READ_TOKENS=READ_TOKEN,
+        API_ADMIN_TOKENS=ADMIN_TOKEN,
+    )
+    log = tmp_path / "serve.log"
+    with running(["serve"], env, log) as process:
+        await asyncio.to_thread(wait_ready, base)
+        # The demo streams 2 webhooks/s from the start: a few seconds would show them.
+        await asyncio.sleep(4)
+        assert await _counts(engine) == (0, 0), log.read_text()
+        async with httpx.AsyncClient(base_url=base) as client:
+            body = notification()
+            delivered = await client.post(
+                "/webhooks/paxos",
+                content=encode(body),
+                headers={"Content-Type": "application/json", "X-Api-Key": API_KEY},
+            )
+            assert delivered.status_code == 200, delivered.text
+            assert delivered.json()["status"] == "accepted"
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["status"] == "ready"  # the intake works: ready
+            assert ready.json()["fetching"] == "off"
+            await asyncio.sleep(3)  # a fetcher would have tried by now
+            stored = await client.get(f"/events/{body['id']}", headers=read_headers())
+        assert stored.status_code == 200, stored.text
+        assert (stored.json()["status"], stored.json()["attempts"]) == ("pending", 0)
+        assert await _counts(engine) == (1, 1)  # the notification, and nothing made up
+        assert process.poll() is None, log.read_text()
+    output = log.read_text()
+    for secret in (READ_TOKEN, ADMIN_TOKEN, API_KEY):
+        assert secret not in output, output
+    assert "demo" not in output.lower(), output
+    assert output.count(FETCHING_OFF) == 1, output

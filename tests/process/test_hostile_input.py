@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -143,6 +144,47 @@ def test_a_body_shorter_than_its_content_length_is_cut_off(server: Server) -> No
 def test_an_oversized_body_gets_413(server: Server) -> None:
     problem = _problem(server.deliver(b'{"padding": "' + b"x" * 1_000_000 + b'"}'), 413)
     assert "WEBHOOK_MAX_BODY_BYTES" in str(problem["detail"])
+
+
+@pytest.mark.slow
+def test_a_huge_sign_in_form_gets_413_and_never_stalls_the_server(server: Server) -> None:
+    """Anyone may post the sign-in form: 9.9 MB of it must be refused from its Content-Length,
+    not read and parsed on the event loop while every other request waits."""
+    # Many short fields: parsing them is what took seconds (one long field parses fast).
+    body = b"csrf=x&token=y" + b"&a=b" * 2_475_000
+    answer: list[httpx.Response] = []
+
+    def post() -> None:
+        started = time.monotonic()
+        answer.append(
+            httpx.post(
+                f"{server.base}/ui/login",
+                content=body,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                timeout=30,
+            )
+        )
+        answer[0].extensions["took_s"] = time.monotonic() - started
+
+    sender = threading.Thread(target=post)
+    sender.start()
+    slowest = 0.0
+    probes = 0
+    # /health/live meanwhile, until the form is answered (and a few times after).
+    while sender.is_alive() or probes < 5:
+        started = time.monotonic()
+        assert httpx.get(f"{server.base}/health/live", timeout=30).status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+        probes += 1
+    sender.join()
+    response = answer[0]
+    print(
+        f"9.9 MB sign-in form: {response.status_code} after {response.extensions['took_s']:.3f} s;"
+        f" slowest of {probes} /health/live meanwhile: {slowest * 1000:.0f} ms"
+    )
+    assert response.status_code == 413, response.text[:300]
+    assert "text/html" in response.headers["content-type"]  # the console's own error page
+    assert slowest < 0.5  # it was over 5 s
 
 
 # --- headers and slow clients ---------------------------------------------------------------

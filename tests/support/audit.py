@@ -11,7 +11,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.store.audit.canonical import ROW_HASH_SQL
 from service.store.audit.seals import seal_pending
+from service.store.tables import confirmation_body
 
 T0 = datetime(2026, 1, 7, 14, 30, 2, tzinfo=UTC)
 WINDOW = {"since": "2026-01-07T00:00:00Z", "until": "2026-01-08T00:00:00Z"}  # the day of T0
@@ -27,8 +29,9 @@ async def add_events(
     identity_id: str | None = None,
     fetched: bool = True,
 ) -> list[uuid.UUID]:
-    """`n` events, each with its notification (and, if `fetched`, its full event) journalled
-    as the intake and the fetcher would, in one transaction."""
+    """`n` events, each with its notification (and, if `fetched`, its full event, and for a
+    test event Paxos's confirmation) journalled as the intake and the fetcher would, in one
+    transaction."""
     ids = [uuid.uuid4() for _ in range(n)]
     async with engine.begin() as conn:
         for i, event_id in enumerate(ids):
@@ -46,15 +49,16 @@ async def add_events(
             await conn.execute(
                 text(
                     "INSERT INTO events (event_id, type, source, time, object, is_test, "
-                    "deliveries, first_received_at, last_received_at, receipt_times, status, "
-                    "fetched_at, identity_id) VALUES (:id, 'identity.approved', 'com.paxos', "
-                    ":time, 'event', :is_test, 1, now(), now(), ARRAY[now()], :status, "
-                    ":fetched_at, :identity)"
+                    "confirmed_is_test, deliveries, first_received_at, last_received_at, "
+                    "receipt_times, status, fetched_at, identity_id) VALUES (:id, "
+                    "'identity.approved', 'com.paxos', :time, 'event', :is_test, :confirmed, 1, "
+                    "now(), now(), ARRAY[now()], :status, :fetched_at, :identity)"
                 ),
                 {
                     "id": event_id,
                     "time": moment,
                     "is_test": is_test,
+                    "confirmed": is_test if fetched else None,
                     "status": "fetched" if fetched else "pending",
                     "fetched_at": datetime.now(UTC) if fetched else None,
                     "identity": identity_id,
@@ -84,6 +88,14 @@ async def add_events(
                         ),
                     },
                 )
+            if fetched and is_test:
+                await conn.execute(
+                    text(
+                        "INSERT INTO journal (event_id, kind, body) "
+                        "VALUES (:id, 'test_confirmation', CAST(:body AS json))"
+                    ),
+                    {"id": event_id, "body": confirmation_body("get_event")},
+                )
     return ids
 
 
@@ -110,6 +122,31 @@ async def tamper(engine: AsyncEngine, statement: str, params: dict[str, Any] | N
     async with engine.begin() as conn:
         await conn.execute(text("SET LOCAL session_replication_role = replica"))
         await conn.execute(text(statement), params or {})
+
+
+async def prune_by_hand(engine: AsyncEngine, *, triggers: bool = False) -> None:
+    """What a prune does, done by hand on every event (as a superuser: triggers off unless
+    `triggers`): each journal row on record with its true hash, then deleted, then the
+    events rows."""
+    async with engine.begin() as conn:
+        if not triggers:
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        prune_id = await conn.scalar(
+            text(
+                "INSERT INTO prunes (older_than_days, cutoff, events, journal_rows) "
+                "VALUES (0, now(), 1, 2) RETURNING prune_id"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO pruned_journal_rows (position, event_id, kind, row_hash, prune_id) "
+                f"SELECT j.position, j.event_id, j.kind, {ROW_HASH_SQL}, :prune_id "
+                "FROM journal j"
+            ),
+            {"prune_id": prune_id},
+        )
+        await conn.execute(text("DELETE FROM journal"))
+        await conn.execute(text("DELETE FROM events"))
 
 
 async def sealed_journal(engine: AsyncEngine) -> None:

@@ -17,6 +17,7 @@ from service.simulator.server import SimulatorState
 from service.simulator.universe import Universe
 from service.store.tables import events
 from tests.support.factories import encode
+from tests.support.tokens import API_KEY
 
 PAXOS = "http://paxos.test"
 FAST = RetryPolicy(base_s=0.02, cap_s=0.2, not_found_delays_s=(0.05, 0.05, 0.05))
@@ -45,7 +46,7 @@ def paxos_settings(settings: Settings, **changes: object) -> Settings:
 
 async def deliver(client: httpx.AsyncClient, bodies: list[dict[str, object]]) -> None:
     """Deliver notifications through the real intake."""
-    headers = {"Content-Type": "application/json", "X-Api-Key": "test-api-key"}
+    headers = {"Content-Type": "application/json", "X-Api-Key": API_KEY}
     for body in bodies:
         response = await client.post("/webhooks/paxos", content=encode(body), headers=headers)
         assert response.status_code == 200, response.text

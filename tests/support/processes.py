@@ -84,8 +84,8 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 UNTIL = "2026-11-01T00:00:00Z"
 TEST_RATIO = "0.05"
 CLIENT_ID, CLIENT_SECRET = "sim-client", "sim-secret"  # noqa: S105 - the simulator's own
-API_KEY = "process-api-key"
-READ_TOKEN = "process-read-token"  # noqa: S105 - a test credential
+API_KEY = "process-api-key-0004"
+READ_TOKEN = "process-read-token-0005"  # noqa: S105 - a test credential
 
 
 def simulator_args(port: int, events: int, seed: int, *extra: str) -> list[str]:

@@ -15,6 +15,7 @@ from service.api.projections import identity_view
 from service.domain import identity, latest, orchestration, transfer
 from service.domain.event import ProjectedEvent
 from service.store.projections import read
+from service.store.tables import confirmation_body
 from tests.support.fetching import Paxos
 
 
@@ -35,16 +36,17 @@ def event(
 async def append(
     engine: AsyncEngine, bodies: Iterable[dict[str, Any]], *, is_test: bool = False
 ) -> None:
-    """Record fetched events as the fetcher does: events row + journal `event` row, in one
-    transaction; a second append of an id adds nothing (the journal is unique by id)."""
+    """Record fetched events as the fetcher does: events row + journal `event` row (and for a
+    test event, Paxos's `test_confirmation`), in one transaction; a second append of an id adds
+    nothing (the journal is unique by id and kind)."""
     async with engine.begin() as conn:
         for body in bodies:
             params = {"id": uuid.UUID(body["id"]), "type": body["type"], "is_test": is_test}
             await conn.execute(
                 text(
-                    "INSERT INTO events (event_id, type, source, time, object, is_test, status) "
-                    "VALUES (:id, :type, 'com.paxos', now(), 'event', :is_test, 'fetched') "
-                    "ON CONFLICT (event_id) DO NOTHING"
+                    "INSERT INTO events (event_id, type, source, time, object, is_test, "
+                    "confirmed_is_test, status) VALUES (:id, :type, 'com.paxos', now(), 'event', "
+                    ":is_test, :is_test, 'fetched') ON CONFLICT (event_id) DO NOTHING"
                 ),
                 params,
             )
@@ -55,6 +57,15 @@ async def append(
                 ),
                 {"id": params["id"], "body": msgspec.json.encode(body).decode()},
             )
+            if is_test:
+                await conn.execute(
+                    text(
+                        "INSERT INTO journal (event_id, kind, body) "
+                        "VALUES (:id, 'test_confirmation', CAST(:body AS json)) "
+                        "ON CONFLICT DO NOTHING"
+                    ),
+                    {"id": params["id"], "body": confirmation_body("get_event")},
+                )
 
 
 def fold(bodies: Iterable[dict[str, Any]], identity_id: str) -> identity.IdentityState | None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 SECRETS = {
-    "api key": "apikey-SECRET-11",
-    "oauth client secret": "oauth-SECRET-12",
-    "read token": "read-SECRET-13",
-    "admin token": "admin-SECRET-14",
-    "paxos client secret": "paxos-SECRET-15",
-    "guessed secret": "guess-SECRET-16",
-    "database password": "dbpass-SECRET-17",
+    "api key": "apikey-SECRET-0011",
+    "oauth client secret": "oauth-SECRET-00012",
+    "read token": "read-SECRET-000013",
+    "admin token": "admin-SECRET-00014",
+    "paxos client secret": "paxos-SECRET-00015",
+    "guessed secret": "guess-SECRET-00016",
+    "database password": "dbpass-SECRET-0017",
 }
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings, SettingsError, WebhookAuth
+from service.settings import MIN_SECRET_LENGTH, Settings, SettingsError, WebhookAuth
 from tests.support.paths import ROOT
 
 # The same on every PostgreSQL: CI runs these on one server only.
 pytestmark = pytest.mark.server_independent
 
-VALID = {"WEBHOOK_API_KEYS": "k1"}
+KEY = "webhook-key-00001"  # keys and tokens are at least 16 characters
+VALID = {"WEBHOOK_API_KEYS": KEY}
 
 
 def env_names() -> list[str]:
@@ -48,13 +49,15 @@ def test_every_variable_is_read() -> None:
         "PORT": "9000",
         "WEBHOOK_AUTH": "oauth",
         "WEBHOOK_API_KEY_HEADER": "X-Paxos-Key",
-        "WEBHOOK_API_KEYS": "a, b ,c",
+        "WEBHOOK_API_KEYS": "key-a-0000000001, key-b-0000000002 ,key-c-0000000003",
         "WEBHOOK_OAUTH_CLIENT_ID": "cid",
-        "WEBHOOK_OAUTH_CLIENT_SECRET": "csecret",
+        "WEBHOOK_OAUTH_CLIENT_SECRET": "oauth-secret-0001",
         "WEBHOOK_OAUTH_TOKEN_TTL_S": "600",
         "WEBHOOK_JWT_JWKS_URL": "https://idp.example/jwks.json",
         "WEBHOOK_JWT_ISSUER": "https://idp.example/",
         "WEBHOOK_JWT_AUDIENCE": "paxos",
+        "WEBHOOK_JWT_SUBJECTS": "paxos-a, paxos-b",
+        "WEBHOOK_JWT_AZP": "paxos-client",
         "WEBHOOK_MAX_BODY_BYTES": "1024",
         "PAXOS_API_URL": "https://api.paxos.com/v2/",
         "PAXOS_TOKEN_URL": "https://oauth.paxos.com/oauth2/token",
@@ -67,8 +70,8 @@ def test_every_variable_is_read() -> None:
         "FETCH_RETRY_HORIZON_S": "86400",
         "FETCH_RETRY_MAX_DELAY_S": "60",
         "FETCH_LEASE_S": "30",
-        "API_READ_TOKENS": "r1,r2",
-        "API_ADMIN_TOKENS": "a1",
+        "API_READ_TOKENS": "read-token-000001,read-token-000002",
+        "API_ADMIN_TOKENS": "admin-token-00001",
         "RECONCILE_INTERVAL_S": "60",
         "RECONCILE_LOOKBACK_S": "3600",
         "RECONCILE_INCLUDE_TEST": "true",
@@ -81,6 +84,10 @@ def test_every_variable_is_read() -> None:
         "HTTP_REQUEST_TIMEOUT_S": "20",
         "HTTP_MAX_HEADER_BYTES": "16384",
         "HTTP_MAX_CONNECTIONS": "500",
+        "SUBSCRIPTION_ALLOW_PRIVATE_URLS": "true",
+        "SUBSCRIPTION_RETRY_HORIZON_S": "3600",
+        "SUBSCRIPTION_RETRY_MAX_DELAY_S": "60",
+        "SUBSCRIPTION_SECRET_GRACE_S": "600",
         "LOG_LEVEL": "DEBUG",
         "LOG_FORMAT": "json",
     }
@@ -88,7 +95,7 @@ def test_every_variable_is_read() -> None:
     s = Settings.from_env(env)
     s.check()
     assert s.port == 9000
-    assert s.webhook_api_keys == ("a", "b", "c")
+    assert s.webhook_api_keys == ("key-a-0000000001", "key-b-0000000002", "key-c-0000000003")
     assert s.paxos_api_url == "https://api.paxos.com/v2"
     assert s.paxos_api_rps == 50.0
     assert s.paxos_max_connections == 16
@@ -100,13 +107,18 @@ def test_every_variable_is_read() -> None:
     assert s.projection_max_lag_s == 120
     assert s.seal_interval_s == 2.5
     assert s.audit_max_unsealed_age_s == 600
-    assert s.api_read_tokens == ("r1", "r2")
+    assert s.api_read_tokens == ("read-token-000001", "read-token-000002")
     assert s.log_level == "debug"
     assert s.data_dir == Path("/srv/paxos")
     assert (s.auth_failure_limit, s.auth_failure_window_s) == (5, 30)
     assert s.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
     assert (s.http_request_timeout_s, s.http_max_header_bytes) == (20, 16384)
     assert s.http_max_connections == 500
+    assert s.webhook_jwt_subjects == ("paxos-a", "paxos-b")
+    assert s.webhook_jwt_azp == ("paxos-client",)
+    assert s.subscription_allow_private_urls is True
+    assert (s.subscription_retry_horizon_s, s.subscription_secret_grace_s) == (3600, 600)
+    assert s.subscription_retry_max_delay_s == 60
 
 
 @pytest.mark.parametrize(
@@ -157,9 +169,9 @@ def test_a_wrong_value_is_named(env: dict[str, str], names: str) -> None:
             "WEBHOOK_JWT_AUDIENCE",
         ),
         ({"WEBHOOK_AUTH": "none"}, "WEBHOOK_AUTH"),
-        ({"WEBHOOK_API_KEYS": "k", "PAXOS_CLIENT_ID": "x"}, "PAXOS_CLIENT_SECRET"),
+        ({"WEBHOOK_API_KEYS": KEY, "PAXOS_CLIENT_ID": "x"}, "PAXOS_CLIENT_SECRET"),
         (
-            {"WEBHOOK_API_KEYS": "k", "API_READ_TOKENS": "t", "API_ADMIN_TOKENS": "t"},
+            {"WEBHOOK_API_KEYS": KEY, "API_READ_TOKENS": KEY + "t", "API_ADMIN_TOKENS": KEY + "t"},
             "API_ADMIN_TOKENS",
         ),
     ],
@@ -167,6 +179,51 @@ def test_a_wrong_value_is_named(env: dict[str, str], names: str) -> None:
 def test_settings_that_go_together_are_checked(env: dict[str, str], names: str) -> None:
     with pytest.raises(SettingsError, match=f"^{names}: "):
         Settings.from_env(env).check()
+
+
+SHORT = "fifteen-chars-x"  # one character short of the minimum
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["API_READ_TOKENS", "API_ADMIN_TOKENS", "WEBHOOK_API_KEYS", "WEBHOOK_OAUTH_CLIENT_SECRET"],
+)
+def test_a_key_or_token_shorter_than_16_characters_is_refused(name: str) -> None:
+    assert len(SHORT) == MIN_SECRET_LENGTH - 1
+    # Alone, and as one of several (a rotation must not slip a short one in).
+    values = [SHORT] if name == "WEBHOOK_OAUTH_CLIENT_SECRET" else [SHORT, f"{KEY},{SHORT}"]
+    for value in values:
+        with pytest.raises(SettingsError) as raised:
+            Settings.from_env({**VALID, name: value})
+        message = str(raised.value)
+        assert message.startswith(f"{name}: ")
+        assert "shorter than 16 characters" in message
+        assert "\n" not in message
+        assert SHORT not in message  # never echo a secret, however weak
+    # 16 characters are enough.
+    assert Settings.from_env({**VALID, name: SHORT + "y"})
+
+
+def test_the_demo_is_implied_only_when_nothing_is_configured() -> None:
+    assert Settings.from_env({}).configures_nothing  # a first `make run`
+    for env in (
+        {"DATABASE_URL": "postgresql://u:p@db/x"},
+        {"PAXOS_CLIENT_ID": "pid"},
+        {"PAXOS_CLIENT_SECRET": "psecret"},
+        {"API_READ_TOKENS": KEY},
+        {"API_ADMIN_TOKENS": KEY},
+        {"WEBHOOK_API_KEYS": KEY},
+        {"WEBHOOK_AUTH": "oauth"},
+        {"WEBHOOK_AUTH": "none"},  # anyone may deliver: only with an explicit --demo
+        {"WEBHOOK_OAUTH_CLIENT_ID": "cid"},
+        {"WEBHOOK_OAUTH_CLIENT_SECRET": "oauth-secret-0001"},
+        {"WEBHOOK_JWT_JWKS_URL": "https://idp.example/jwks.json"},
+        {"WEBHOOK_JWT_ISSUER": "https://idp.example/"},
+        {"WEBHOOK_JWT_AUDIENCE": "paxos"},
+    ):
+        assert not Settings.from_env(env).configures_nothing, env
+    # What is not a credential does not count.
+    assert Settings.from_env({"DATA_DIR": "/srv/paxos", "PORT": "9000"}).configures_nothing
 
 
 def test_auth_none_is_allowed_only_in_demo() -> None:

@@ -2,8 +2,9 @@
 Paxos told us and when, streamed in constant memory, in JSON Lines or CSV.
 
 Each record carries the events row (type, status, `via`, the delivery count, the first, last
-and every kept receipt time, the fetch time) and, for each of its journal rows (the
-notification as received, the full event as fetched), the row's position, `recorded_at`, its
+and every kept receipt time, the fetch time, the notification's `is_test` and Paxos's
+`confirmed_is_test`) and, for each of its journal rows (the notification as received, the full
+event as fetched, Paxos's confirmation of a test event), the row's position, `recorded_at`, its
 canonical hash and its body as the exact text stored, a JSON string: exactly what the seal
 chain hashes, so an auditor can recompute each row's hash from the export alone and match it
 with the seals (docs/audit.md).
@@ -35,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.audit.canonical import canonical_time, row_hash_sql
 from service.store.audit.seals import SealInfo, covering, head
+from service.store.tables import TEST_CONFIRMATION
 
 FORMATS = ("jsonl", "csv")
 BATCH = 1000
@@ -47,6 +49,7 @@ CSV_COLUMNS = (
     "time",
     "object",
     "is_test",
+    "confirmed_is_test",
     "identity_id",
     "status",
     "via",
@@ -64,6 +67,10 @@ CSV_COLUMNS = (
     "event_recorded_at",
     "event_row_hash",
     "event_body",
+    "test_confirmation_position",
+    "test_confirmation_recorded_at",
+    "test_confirmation_row_hash",
+    "test_confirmation_body",
     "trailer",
 )
 
@@ -79,16 +86,20 @@ class ExportQuery:
 
 
 _SELECT = f"""
-    SELECT e.event_id, e.type, e.source, e.time, e.object, e.is_test, e.identity_id, e.status,
+    SELECT e.event_id, e.type, e.source, e.time, e.object, e.is_test, e.confirmed_is_test,
+           e.identity_id, e.status,
            e.via, e.deliveries, e.first_received_at, e.last_received_at, e.receipt_times,
            e.fetched_at, e.attempts,
            n.position AS n_position, n.recorded_at AS n_recorded_at,
            {row_hash_sql("n")} AS n_hash, n.body::text AS n_body,
            f.position AS f_position, f.recorded_at AS f_recorded_at,
-           {row_hash_sql("f")} AS f_hash, f.body::text AS f_body
+           {row_hash_sql("f")} AS f_hash, f.body::text AS f_body,
+           c.position AS c_position, c.recorded_at AS c_recorded_at,
+           {row_hash_sql("c")} AS c_hash, c.body::text AS c_body
     FROM events e
     LEFT JOIN journal n ON n.event_id = e.event_id AND n.kind = 'notification'
     LEFT JOIN journal f ON f.event_id = e.event_id AND f.kind = 'event'
+    LEFT JOIN journal c ON c.event_id = e.event_id AND c.kind = '{TEST_CONFIRMATION}'
     WHERE ($1::timestamptz IS NULL OR (e.time, e.event_id) > ($1::timestamptz, $2::uuid))
       AND ($3::timestamptz IS NULL OR e.time >= $3::timestamptz)
       AND ($4::timestamptz IS NULL OR e.time < $4::timestamptz)
@@ -155,6 +166,7 @@ def _record(r: Any) -> dict[str, Any]:
         "time": r["time"],
         "object": r["object"],
         "is_test": r["is_test"],
+        "confirmed_is_test": r["confirmed_is_test"],
         "identity_id": r["identity_id"],
         "status": r["status"],
         "via": r["via"],
@@ -166,6 +178,9 @@ def _record(r: Any) -> dict[str, Any]:
         "attempts": r["attempts"],
         "notification": _journal_row(r["n_position"], r["n_recorded_at"], r["n_hash"], r["n_body"]),
         "event": _journal_row(r["f_position"], r["f_recorded_at"], r["f_hash"], r["f_body"]),
+        "test_confirmation": _journal_row(
+            r["c_position"], r["c_recorded_at"], r["c_hash"], r["c_body"]
+        ),
     }
 
 
@@ -213,6 +228,7 @@ async def export(
             for record in records:
                 span.add(record["notification"] and record["notification"]["position"])
                 span.add(record["event"] and record["event"]["position"])
+                span.add(record["test_confirmation"] and record["test_confirmation"]["position"])
             count += len(records)
             if query.format == "csv":
                 yield _csv_lines(_csv_row(encoder, record) for record in records)
@@ -274,8 +290,13 @@ def _csv_value(encoder: msgspec.json.Encoder, value: Any) -> str:
 def _csv_row(encoder: msgspec.json.Encoder, record: dict[str, Any]) -> list[str]:
     n = record["notification"] or {}
     f = record["event"] or {}
+    c = record["test_confirmation"] or {}
     flat = {
-        **{k: v for k, v in record.items() if k not in ("notification", "event")},
+        **{
+            k: v
+            for k, v in record.items()
+            if k not in ("notification", "event", "test_confirmation")
+        },
         "notification_position": n.get("position"),
         "notification_recorded_at": n.get("recorded_at"),
         "notification_row_hash": n.get("row_hash"),
@@ -284,6 +305,10 @@ def _csv_row(encoder: msgspec.json.Encoder, record: dict[str, Any]) -> list[str]
         "event_recorded_at": f.get("recorded_at"),
         "event_row_hash": f.get("row_hash"),
         "event_body": f.get("body"),
+        "test_confirmation_position": c.get("position"),
+        "test_confirmation_recorded_at": c.get("recorded_at"),
+        "test_confirmation_row_hash": c.get("row_hash"),
+        "test_confirmation_body": c.get("body"),
     }
     return [_csv_value(encoder, flat.get(column)) for column in CSV_COLUMNS]
 

@@ -9,6 +9,8 @@ Kinds of problem, each with the position or seal it is about:
   first seal);
 - `broken_link`: a seal does not chain onto the one before it (prev_hash, ids or position
   ranges), its hash does not match its own contents, or an expected head is not in the chain;
+- `unconfirmed_prune`: a pruned row belongs to an event Paxos never confirmed as a test
+  event (the journal holds no `test_confirmation` for it): a real event was removed;
 - `unsealed_backlog`: rows older than the threshold are still unsealed (the sealer is not
   running, or is stuck).
 
@@ -18,11 +20,17 @@ database (`paxos-events verify --head`) and pass it back as `expect_head` to cat
 Each seal is checked with a statement of its own (no long transaction: it would hold back
 pg_snapshot_xmin, which the projector waits on); rows are hashed in SQL, so the bodies never
 leave the database.
+
+One verification runs at a time across the deployment: a run takes a transaction-level
+advisory lock (VERIFY_LOCK) on a connection of its own, which waits for the run under way and
+ends by recording its own run, so a caller that waited can answer that run instead of
+recomputing the chain (`reuse_s`). The lock's transaction writes nothing until that last
+statement and so holds no transaction id: it holds back no gap-safe reader.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,10 +40,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.settings import Settings
 from service.store.audit.canonical import GENESIS_HASH, ROW_HASH_SQL, seal_hash, unpack_rows
+from service.store.tables import TEST_CONFIRMATION
 
-PROBLEM_KINDS = ("changed_row", "deleted_row", "inserted_row", "broken_link", "unsealed_backlog")
+PROBLEM_KINDS = (
+    "changed_row",
+    "deleted_row",
+    "inserted_row",
+    "broken_link",
+    "unconfirmed_prune",
+    "unsealed_backlog",
+)
 _SEALS_PER_QUERY = 16
 _MAX_LISTED_BELOW_FIRST = 1000
+_MAX_LISTED_UNCONFIRMED = 1000
+# Any constant unique to this lock: pg_advisory_xact_lock(key) is deployment-wide.
+VERIFY_LOCK = 0x7061786F735F7666  # "paxos_vf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +82,7 @@ class VerifyReport:
     rows_checked: int
     problems: tuple[Problem, ...]
     head_hash: str | None = None
+    verified_at: datetime | None = None  # when the run was recorded (None: not recorded)
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (GET /audit/verify, `verify --json`)."""
@@ -72,6 +92,7 @@ class VerifyReport:
             "rows_checked": self.rows_checked,
             "head_hash": self.head_hash,
             "problems": [p.as_dict() for p in self.problems],
+            "verified_at": self.verified_at.isoformat() if self.verified_at else None,
         }
 
 
@@ -92,14 +113,48 @@ async def verify(
     *,
     expect_head: str | None = None,
     record: bool = True,
+    reuse_s: float | None = None,
 ) -> VerifyReport:
     """Check the whole chain against the journal; record the run unless `record` is false.
 
     `threshold` is the oldest an unsealed row may be, in seconds (or the settings, for their
     AUDIT_MAX_UNSEALED_AGE_S). `expect_head`: a seal hash recorded earlier, which must still
-    be in the chain.
+    be in the chain. Waits for a verification under way elsewhere; with `reuse_s`, a run
+    recorded less than that many seconds ago is answered instead of a new one.
     """
     max_age_s = threshold.audit_max_unsealed_age_s if isinstance(threshold, Settings) else threshold
+    async with engine.connect() as lock, lock.begin():
+        await lock.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": VERIFY_LOCK})
+        if reuse_s is not None:
+            recent = await recent_report(lock, reuse_s)
+            if recent is not None:
+                return recent
+        report = await _check(engine, max_age_s, expect_head)
+        if record:
+            # In the lock's transaction: whoever waited for this run sees it recorded.
+            ran_at = await lock.scalar(
+                text(
+                    "INSERT INTO audit_verifications "
+                    "(ran_at, ok, sealed_through, rows_checked, problems, head_hash) "
+                    "VALUES (clock_timestamp(), :ok, :through, :rows, CAST(:problems AS jsonb), "
+                    ":head) RETURNING ran_at"
+                ),
+                {
+                    "ok": report.ok,
+                    "through": report.sealed_through,
+                    "rows": report.rows_checked,
+                    "problems": msgspec.json.encode(
+                        [p.as_dict() for p in report.problems]
+                    ).decode(),
+                    "head": report.head_hash,
+                },
+            )
+            report = replace(report, verified_at=ran_at)
+    return report
+
+
+async def _check(engine: AsyncEngine, max_age_s: float, expect_head: str | None) -> VerifyReport:
+    """The verification itself, in short read transactions of its own."""
     checker = _Checker()
     async with engine.connect() as conn:
         async for seals in _seal_batches(conn):
@@ -107,6 +162,7 @@ async def verify(
                 await checker.check_seal(conn, seal)
             await conn.commit()  # end the read transaction between batches
         await checker.check_below_first(conn)
+        await checker.check_prunes(conn)
         await checker.check_backlog(conn, max_age_s)
         await conn.commit()
     if expect_head is not None and expect_head.lower() not in checker.hashes_seen:
@@ -117,30 +173,38 @@ async def verify(
                 "removed or the chain was rewritten",
             )
         )
-    report = VerifyReport(
+    return VerifyReport(
         ok=not checker.problems,
         sealed_through=checker.sealed_through,
         rows_checked=checker.rows_checked,
         problems=tuple(checker.problems),
         head_hash=checker.prev_hash.hex() if checker.prev_id is not None else None,
     )
-    if record:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO audit_verifications (ok, sealed_through, rows_checked, problems) "
-                    "VALUES (:ok, :through, :rows, CAST(:problems AS jsonb))"
-                ),
-                {
-                    "ok": report.ok,
-                    "through": report.sealed_through,
-                    "rows": report.rows_checked,
-                    "problems": msgspec.json.encode(
-                        [p.as_dict() for p in report.problems]
-                    ).decode(),
-                },
-            )
-    return report
+
+
+async def recent_report(conn: AsyncConnection, max_age_s: float) -> VerifyReport | None:
+    """The newest recorded run as its report, if it was recorded less than `max_age_s`
+    seconds ago; else None."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT ran_at, ok, sealed_through, rows_checked, problems, head_hash, "
+                "ran_at > clock_timestamp() - make_interval(secs => :age) AS recent "
+                "FROM audit_verifications ORDER BY verification_id DESC LIMIT 1"
+            ),
+            {"age": max_age_s},
+        )
+    ).first()
+    if row is None or not row.recent:
+        return None
+    return VerifyReport(
+        ok=row.ok,
+        sealed_through=row.sealed_through,
+        rows_checked=row.rows_checked,
+        problems=tuple(Problem(**p) for p in row.problems),
+        head_hash=row.head_hash,
+        verified_at=row.ran_at,
+    )
 
 
 async def last_run(conn: AsyncConnection) -> VerifyRun | None:
@@ -331,6 +395,33 @@ class _Checker:
                     "inserted_row",
                     f"position {position} is below the first seal's range, where no row can be",
                     position=position,
+                )
+            )
+
+    async def check_prunes(self, conn: AsyncConnection) -> None:
+        # A prune removes only events whose confirmation by Paxos is in the journal, and never
+        # the confirmation; a pruned row without one is a real event's (or a forged prune's).
+        result = await conn.execute(
+            text(
+                "SELECT p.position, p.event_id, (SELECT s.seal_id FROM seals s "
+                "  WHERE s.first_position <= p.position "
+                "  ORDER BY s.first_position DESC LIMIT 1) AS seal_id "
+                "FROM pruned_journal_rows p WHERE NOT EXISTS ("
+                "  SELECT 1 FROM journal c "
+                f"  WHERE c.event_id = p.event_id AND c.kind = '{TEST_CONFIRMATION}') "
+                "ORDER BY p.position LIMIT :n"
+            ),
+            {"n": _MAX_LISTED_UNCONFIRMED},
+        )
+        for position, event_id, seal_id in result:
+            self.problems.append(
+                Problem(
+                    "unconfirmed_prune",
+                    f"row {position} was pruned with event {event_id} as a test event, but "
+                    "Paxos never confirmed it as one (the journal holds no test_confirmation "
+                    "for it): a real event was removed",
+                    position=position,
+                    seal_id=seal_id,
                 )
             )
 

@@ -40,6 +40,7 @@ from service.domain.identity import (
     DOCUMENTS_REQUIRED,
     KYC_PREFIX,
 )
+from service.store.tables import TEST_CONFIRMATION
 
 # The extract, as a LATERAL over a journal row `j` (event_id, doc): the body comes parsed (the
 # journal's generated `doc`, computed once when the row was written).
@@ -57,9 +58,12 @@ from service.domain.identity import (
 # in `time_ns`.
 #
 # Projections reflect real events only. Test events are dropped by the statements around the
-# extract, through the small partial index of test events (ix_events_test_event_id, hence
-# `is_test IS TRUE`, its predicate), read once per statement: inside the LATERAL the check
-# would be a lookup of the events row per event, which costs more than the extract.
+# extract: an event Paxos confirmed as a test event (the journal's `test_confirmation` row,
+# written in the transaction that wrote its `event` row, so every reader sees both or
+# neither; the notification's unsigned `is_test` counts for nothing). The check goes through
+# the small partial index of confirmations (ix_journal_test_confirmation_event_id, hence
+# `kind = 'test_confirmation'`, its predicate), read once per statement: inside the LATERAL
+# it would be a lookup per event, which costs more than the extract.
 _EXTRACT = """
     SELECT p.type, p.created_at,
            ((p.y / 400 * 146097 + p.y % 400 * 365 + p.y % 400 / 4 - p.y % 400 / 100
@@ -208,8 +212,8 @@ WITH raw AS MATERIALIZED (
         SELECT j.xid, j.position, j.event_id, j.doc,
                -- A probe of the partial index per row read (a join could be planned as a
                -- loop over every test event per row).
-               EXISTS (SELECT 1 FROM events t WHERE t.event_id = j.event_id AND t.is_test IS TRUE)
-                   AS is_test
+               EXISTS (SELECT 1 FROM journal t
+                       WHERE t.event_id = j.event_id AND t.kind = '{confirmation}') AS is_test
         FROM journal j
         WHERE j.kind = 'event'
           AND j.xid < pg_snapshot_xmin(pg_current_snapshot())
@@ -463,7 +467,11 @@ def _extract(spec: _Spec) -> str:
 @lru_cache(maxsize=32)
 def _statement(name: str, tables: tuple[tuple[str, str], ...]) -> TextClause:
     spec = _spec(name)
-    batch = _BATCH.replace("{extract}", _extract(spec)).replace("{columns}", ", ".join(spec.facts))
+    batch = (
+        _BATCH.replace("{extract}", _extract(spec))
+        .replace("{columns}", ", ".join(spec.facts))
+        .replace("{confirmation}", TEST_CONFIRMATION)
+    )
     return text(batch + _fold(name, dict(tables)) + "," + _ADVANCE)
 
 
@@ -526,8 +534,8 @@ def stage_statement(name: str, facts: str) -> TextClause:
         f"WITH staged AS (INSERT INTO {facts} SELECT j.event_id, x.* "
         f"FROM journal j CROSS JOIN LATERAL ({_extract(_spec(name))}) x "
         f"WHERE {_CHUNK_ROWS} "
-        "AND NOT EXISTS (SELECT 1 FROM events t "
-        "WHERE t.event_id = j.event_id AND t.is_test IS TRUE)) "
+        "AND NOT EXISTS (SELECT 1 FROM journal t "
+        f"WHERE t.event_id = j.event_id AND t.kind = '{TEST_CONFIRMATION}')) "
         "SELECT count(*) AS events, CAST(pg_relation_filenode('journal') AS bigint) AS filenode "
         f"FROM journal j WHERE {_CHUNK_ROWS}"
     )
