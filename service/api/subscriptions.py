@@ -8,7 +8,6 @@ not http(s) or leads to a private address, a time without an offset) are a 400 n
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -28,11 +27,16 @@ from service.web.openapi import problem, request_body_operation
 from service.web.problems import Problem
 from service.web.ssrf import check_url
 from service.web.standard_webhooks import format_secret, new_secret
-
-NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
-TYPE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?")
-MAX_TYPES = 100
-MAX_POSITION = 2**63 - 1
+from service.web.subscription_rules import (
+    DEFAULT_MAX_IN_FLIGHT,
+    MAX_POSITION,
+    MAX_TYPES,
+    NAME,
+    NAME_RULE,
+    PRINTABLE_TYPE,
+    parse_time,
+    type_problem,
+)
 
 
 class SubscriptionOut(msgspec.Struct, frozen=True):
@@ -179,12 +183,11 @@ def _types(body: dict[str, Any]) -> list[str] | None:
     if not isinstance(value, list) or len(value) > MAX_TYPES:
         raise _invalid("types", f"must be a list of at most {MAX_TYPES} strings")
     for item in value:
-        if not isinstance(item, str) or not re.fullmatch(r"[\x21-\x7e]{1,200}", item):
+        if not isinstance(item, str) or not PRINTABLE_TYPE.fullmatch(item):
             raise _invalid("types", "each must be a type of 1 to 200 printable ASCII characters")
-        if not TYPE.fullmatch(item):
-            raise _refused(
-                "types", f"{item!r} is neither an exact type nor a prefix such as transfer.*"
-            )
+        problem_ = type_problem(item)
+        if problem_:
+            raise _refused("types", problem_)
     return list(dict.fromkeys(value))
 
 
@@ -222,12 +225,9 @@ async def _url(body: dict[str, Any], settings: Settings, *, required: bool) -> s
 def _time(field: str, value: object) -> datetime:
     if not isinstance(value, str):
         raise _invalid(field, "must be a string")
-    try:
-        when = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        raise _refused(field, "must be an RFC 3339 time, e.g. 2026-12-01T00:00:00Z") from None
-    if when.tzinfo is None:
-        raise _refused(field, "must be RFC 3339 with an offset (e.g. Z)")
+    when = parse_time(value)
+    if isinstance(when, str):
+        raise _refused(field, when)
     return when
 
 
@@ -283,12 +283,10 @@ class SubscriptionController(Controller):
         body = await _object(request, set(_CREATE_SCHEMA.properties or {}))
         name = body.get("name")
         if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise _invalid(
-                "name", "must be 1 to 63 of a-z, 0-9, _, . and -, starting with a letter or digit"
-            )
+            raise _invalid("name", NAME_RULE)
         types = _types(body) or []
         include_test = _bool(body, "include_test") or False
-        max_in_flight = _max_in_flight(body) or 16
+        max_in_flight = _max_in_flight(body) or DEFAULT_MAX_IN_FLIGHT
         start_value = body.get("start", "now")
         start: store.Start = "now"
         since: datetime | None = None

@@ -27,6 +27,7 @@ from service.ui.identities import IdentityPages
 from service.ui.pages import DEPENDENCIES, PAGE_SIZE
 from service.ui.pipeline import PipelinePages
 from service.ui.signin import SignInPages
+from service.ui.subscriptions import SubscriptionPages
 from service.ui.transfers import TransferPages
 from service.web.serving import FORM_MAX_BODY_BYTES
 
@@ -38,7 +39,14 @@ def console_handlers() -> list[Any]:
     return [
         Router(
             "/ui",
-            route_handlers=[SignInPages, EventPages, IdentityPages, TransferPages, PipelinePages],
+            route_handlers=[
+                SignInPages,
+                EventPages,
+                IdentityPages,
+                TransferPages,
+                PipelinePages,
+                SubscriptionPages,
+            ],
             dependencies=DEPENDENCIES,
             exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
             after_request=security_headers,

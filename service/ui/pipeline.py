@@ -27,6 +27,7 @@ from service.store.jobs import create_job, get_job
 from service.store.projections.checkpoints import lag as projection_lag
 from service.store.projections.registry import PROJECTIONS
 from service.store.reconcile import recent_passes
+from service.store.subscriptions import list_subscriptions
 from service.telemetry import metrics
 from service.ui.errors import ConsoleError
 from service.ui.forms import as_rfc3339, split_types
@@ -60,6 +61,7 @@ class PipelinePages(Controller):
             failed = await list_events(conn, EventFilter(status="failed"), limit=PAGE_SIZE)
             head = await seal_head(conn)
             verified = await last_verify(conn)
+            subscriptions = await list_subscriptions(conn)
         return page(
             "pipeline.html",
             session,
@@ -78,6 +80,7 @@ class PipelinePages(Controller):
             failed_more=failed.more,
             head=head,
             verified=verified,
+            subscriptions=subscriptions,
             projections=list(PROJECTIONS),
             notice=NOTICES.get(request.query_params.get("notice") or ""),
             now=datetime.now(UTC),

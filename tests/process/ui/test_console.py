@@ -33,6 +33,7 @@ from tests.support.factories import encode, notification
 from tests.support.fetching import Paxos, paxos_settings
 from tests.support.paths import ROOT
 from tests.support.processes import free_port
+from tests.support.receiver import Receiver
 from tests.support.tokens import ADMIN_TOKEN, API_KEY, READ_TOKEN
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -83,7 +84,10 @@ async def service(settings: Settings, engine: AsyncEngine, paxos: Paxos) -> Asyn
     fetched and projected, and two events whose fetch failed for good."""
     port = free_port()
     app = create_app(
-        paxos_settings(settings, host="127.0.0.1", port=port),
+        # Private URLs allowed: the walk's push receiver listens on loopback.
+        paxos_settings(settings, host="127.0.0.1", port=port).replace(
+            subscription_allow_private_urls=True
+        ),
         engine=engine,
         http_client=paxos.http,
         background=True,
@@ -296,6 +300,63 @@ async def test_an_operator_walks_the_console(service: Service, chromium) -> None
     assert await page.evaluate("window.stillTheSamePage === true")  # polled, not reloaded
     await expect(page.locator("progress").first).to_be_visible()
     await _shot(page, "job")
+
+    # A push subscription, created from the console: its secret shown once, on the answer.
+    receiver = Receiver().start()
+    try:
+        await page.get_by_role("link", name="Subscriptions").click()
+        await page.wait_for_url(re.compile(r"/ui/subscriptions$"))
+        await expect(page.get_by_text("No subscription yet.")).to_be_visible()
+        await page.get_by_label("Name").fill("ledger")
+        await page.get_by_label("URL").fill(receiver.url)
+        await page.get_by_label("Types").fill("identity.*")
+        await page.get_by_label("Start").select_option("beginning")
+        await page.get_by_role("button", name="Create").click()
+        await expect(
+            page.get_by_role("heading", name="Subscription ledger created")
+        ).to_be_visible()
+        secret = await page.locator("#secret").inner_text()
+        assert secret.startswith("whsec_")
+        await _shot(page, "subscription-created")
+        # The delivery loop sends every real identity event, signed with that secret.
+        async with service.engine.connect() as conn:
+            stored = await conn.execute(
+                select(events.c.event_id).where(
+                    events.c.type.startswith("identity."),
+                    events.c.is_test.is_(False),
+                    events.c.status == "fetched",
+                )
+            )
+            real_identity = {str(r.event_id) for r in stored}
+        assert real_identity
+
+        async def all_delivered() -> bool:
+            return {r.event_id for r in receiver.answered} >= real_identity
+
+        await _until(all_delivered, timeout=30, what="the identity events pushed")
+        for received in receiver.received:
+            assert received.verify(secret)["type"].startswith("identity.")
+        await page.get_by_role("link", name="Back to the subscriptions").click()
+        await page.wait_for_url(re.compile(r"/ui/subscriptions\?name=ledger#sub-ledger$"))
+
+        async def caught_up() -> bool:
+            await page.reload()
+            return (await page.locator("#sub-ledger .lag").inner_text()).startswith("0 events")
+
+        await _until(caught_up, timeout=15, what="the subscription caught up")
+        await expect(page.locator("#sub-ledger .deliveries")).to_contain_text(
+            f"delivered {len(receiver.answered)}"
+        )
+        assert secret not in await page.content()
+        await _shot(page, "subscriptions")
+        await page.get_by_role("button", name="Pause").click()
+        await expect(page.get_by_role("status")).to_contain_text("Paused")
+        await expect(page.get_by_role("button", name="Resume")).to_be_visible()
+        await page.get_by_role("link", name="Pipeline").click()
+        await expect(page.locator("tr.subscription-lag")).to_contain_text("paused")
+        await _shot(page, "pipeline-subscriptions")
+    finally:
+        receiver.stop()
     assert not errors, errors
 
     # A reader: no admin buttons, and the server refuses the action anyway.
@@ -315,6 +376,10 @@ async def test_an_operator_walks_the_console(service: Service, chromium) -> None
     await read_page.goto(url + "/ui/pipeline")
     await expect(read_page.get_by_role("button", name="Rebuild")).to_have_count(0)
     await _shot(read_page, "pipeline-reader")
+    await read_page.goto(url + "/ui/subscriptions")
+    await expect(read_page.locator("#sub-ledger")).to_contain_text(receiver.url)
+    await expect(read_page.get_by_role("button", name="Resume")).to_have_count(0)
+    await expect(read_page.get_by_role("button", name="Create")).to_have_count(0)
     assert await _count(service.engine, events.c.event_id == other, events.c.status == "failed")
     await reader.close()
 
