@@ -3,26 +3,35 @@
 Nothing leaves the machine: the simulator listens on a loopback port of its own, the service
 fetches from it exactly as it would from Paxos (tokens, rate limit, Get Event), and a sender
 delivers the simulator's notifications to our own `/webhooks/paxos` as Paxos would. Within
-seconds of start, `GET /events` shows fetched events.
+seconds of start, `GET /events` shows fetched events. The demo also follows its own store: a
+subscription named `demo-receiver` pushes every event to a receiver on another loopback port
+of this process, which checks each delivery's signature and counts it, so
+`GET /admin/subscriptions/demo-receiver` shows deliveries happening.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import structlog
 import uvicorn
 
+from service.db.outages import STORE_ERRORS
+from service.db.runtime import opened_engine
 from service.settings import Settings, WebhookAuth
 from service.simulator.sender import ApiKeyAuth, Auth, OAuthAuth, send
 from service.simulator.server import SimulatorConfig, create_simulator
 from service.simulator.universe import generate_universe
+from service.store import subscriptions as store
+from service.web.standard_webhooks import new_secret, signature
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +40,7 @@ DEMO_RATE = 2.0  # webhooks per second
 DEMO_CLIENT_ID = "demo-client"
 DEMO_DROP = 0.02  # webhooks "lost" on purpose, for the reconciler to find
 DEMO_RECONCILE_INTERVAL_S = 60
+DEMO_SUBSCRIPTION = "demo-receiver"  # the demo's own push subscription (every event type)
 
 
 class _QuietServer(uvicorn.Server):
@@ -67,7 +77,8 @@ def fill_in(settings: Settings) -> tuple[Settings, frozenset[str]]:
 
 
 def demo_settings(settings: Settings, paxos_port: int, client_secret: str) -> Settings:
-    """`settings` pointed at the built-in Paxos on `paxos_port`."""
+    """`settings` pointed at the built-in Paxos on `paxos_port`, with subscription URLs to
+    loopback allowed (the demo's own receiver listens there)."""
     base = f"http://127.0.0.1:{paxos_port}"
     return settings.replace(
         paxos_api_url=f"{base}/v2",
@@ -75,6 +86,7 @@ def demo_settings(settings: Settings, paxos_port: int, client_secret: str) -> Se
         paxos_client_id=DEMO_CLIENT_ID,
         paxos_client_secret=client_secret,
         reconcile_interval_s=min(settings.reconcile_interval_s, DEMO_RECONCILE_INTERVAL_S),
+        subscription_allow_private_urls=True,
     )
 
 
@@ -120,17 +132,116 @@ async def serve_demo(
         uvicorn.Config(simulator, log_config=None, access_log=False, lifespan="off")
     )
     paxos_task = asyncio.create_task(paxos.serve(sockets=[sock]), name="demo-paxos")
+    receiver = DemoReceiver()
+    receiver_sock = _loopback_socket()
+    receiver_server = _QuietServer(
+        uvicorn.Config(receiver, log_config=None, access_log=False, lifespan="off")
+    )
+    receiver_task = asyncio.create_task(
+        receiver_server.serve(sockets=[receiver_sock]), name="demo-receiver"
+    )
     service = uvicorn.Server(server_config(settings))
     stream = asyncio.create_task(
         _stream(settings, service, universe.notifications()), name="demo-webhooks"
+    )
+    receiver_url = f"http://127.0.0.1:{receiver_sock.getsockname()[1]}/hook"
+    subscribe = asyncio.create_task(
+        _subscribe(settings, service, receiver, receiver_url), name="demo-subscription"
     )
     try:
         await service.serve()
     finally:
         stream.cancel()
+        subscribe.cancel()
         paxos.should_exit = True
-        await asyncio.gather(stream, paxos_task, return_exceptions=True)
+        receiver_server.should_exit = True
+        await asyncio.gather(stream, subscribe, paxos_task, receiver_task, return_exceptions=True)
         sock.close()
+        receiver_sock.close()
+
+
+_Scope = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class DemoReceiver:
+    """The demo's push receiver (an ASGI app): checks each delivery's Standard Webhooks
+    signature against the secret the demo set, answers 204 (or 401 when it does not match)
+    and counts what it got."""
+
+    def __init__(self) -> None:
+        self.secret: bytes | None = None  # set once the subscription exists
+        self.received = 0
+        self.verified = 0
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        self.received += 1
+        status = 204 if self.verify(headers, body) else 401
+        if status == 204:
+            self.verified += 1
+            if self.verified == 1 or self.verified % 1000 == 0:
+                log.info("demo: push deliveries received and verified", count=self.verified)
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def verify(self, headers: dict[str, str], body: bytes) -> bool:
+        """Whether one of the delivery's signatures is ours."""
+        if self.secret is None:
+            return False
+        try:
+            msg_id = headers["webhook-id"]
+            timestamp = int(headers["webhook-timestamp"])
+        except (KeyError, ValueError):
+            return False
+        expected = signature(self.secret, msg_id, timestamp, body)
+        offered = headers.get("webhook-signature", "").split()
+        return any(hmac.compare_digest(expected, s) for s in offered)
+
+
+async def _subscribe(
+    settings: Settings, service: uvicorn.Server, receiver: DemoReceiver, url: str
+) -> None:
+    """Point the demo's subscription at this run's receiver, once the service is up: created
+    on a first run (every event type, from the beginning); on a later run the same subscription,
+    with this run's URL, active again and a new secret that only this run's receiver knows."""
+    while not service.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+        await asyncio.sleep(0.05)
+    secret = new_secret()
+    receiver.secret = secret
+    try:
+        async with opened_engine(settings.database_url or "") as engine, engine.begin() as conn:
+            created = await store.create_subscription(
+                conn,
+                name=DEMO_SUBSCRIPTION,
+                url=url,
+                types=[],
+                include_test=True,
+                max_in_flight=16,
+                secret=secret,
+                start="beginning",
+            )
+            if not created:
+                await store.update_subscription(
+                    conn, DEMO_SUBSCRIPTION, url=url, types=[], include_test=True, state="active"
+                )
+                await store.rotate_secret(conn, DEMO_SUBSCRIPTION, secret, 0)
+            await store.notify_changed(conn)
+    except STORE_ERRORS as exc:
+        log.warning("demo: its push subscription could not be set up", error=str(exc))
+        return
+    log.info(
+        "demo: push subscription ready", subscription=DEMO_SUBSCRIPTION, created=created, url=url
+    )
 
 
 async def _stream(
@@ -174,6 +285,7 @@ def banner(settings: Settings, made_up: frozenset[str]) -> str:
         "",
         f"Paxos Event Store (demo) on {base}",
         "  fetching from a built-in Paxos simulator, which also sends it sample webhooks",
+        f"  pushing every event to a receiver of its own: subscription {DEMO_SUBSCRIPTION}",
         f"  read token:  {read}",
         f"  admin token: {shown('API_ADMIN_TOKENS', settings.api_admin_tokens)[0]}",
     ]

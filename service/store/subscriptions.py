@@ -493,7 +493,12 @@ _CLAIM = text(
               SELECT min(p.position) FROM subscription_outbox p
               WHERE p.subscription_id = o.subscription_id AND p.key = o.key)
         ORDER BY o.position
-        LIMIT (SELECT greatest(0, least(:n, :max_in_flight - busy.n)) FROM busy)
+        -- Up to `max_in_flight` leases in all; `ahead` more (heads leased before a slot is
+        -- free) only while every lease is the claiming process's own (`own` of them), so
+        -- that requests open in the deployment stay within `max_in_flight` (a process opens
+        -- at most that many; another one claims nothing until the leases drop below it).
+        LIMIT (SELECT greatest(0, least(:n, :max_in_flight - busy.n
+                   + CASE WHEN busy.n <= :own THEN :ahead ELSE 0 END)) FROM busy)
         FOR UPDATE SKIP LOCKED
     ),
     claimed AS (
@@ -515,10 +520,18 @@ _EVENT_FIELDS = Event.__struct_fields__
 
 
 async def claim(
-    conn: AsyncConnection, subscription_id: int, n: int, lease_s: float
+    conn: AsyncConnection,
+    subscription_id: int,
+    n: int,
+    lease_s: float,
+    *,
+    ahead: int = 0,
+    own: int = 0,
 ) -> tuple[Endpoint | None, list[Claim]]:
     """Lease up to `n` due key heads of an active subscription, in the caller's transaction
-    (commit it at once). The endpoint is None when the subscription is gone or not active."""
+    (commit it at once). The endpoint is None when the subscription is gone or not active.
+    Leases stop at `max_in_flight`, or `max_in_flight + ahead` while the caller, holding `own`
+    unexpired leases, holds every lease there is."""
     sub = (await conn.execute(_CLAIM_LOCK, {"id": subscription_id})).one_or_none()
     if sub is None or sub.state != "active":
         return None, []
@@ -528,7 +541,14 @@ async def claim(
         return endpoint, []
     rows = await conn.execute(
         _CLAIM,
-        {"id": subscription_id, "n": n, "max_in_flight": sub.max_in_flight, "lease_s": lease_s},
+        {
+            "id": subscription_id,
+            "n": n,
+            "max_in_flight": sub.max_in_flight,
+            "lease_s": lease_s,
+            "ahead": ahead,
+            "own": own,
+        },
     )
     claims = []
     for row in rows:
@@ -638,6 +658,26 @@ async def record_outcomes(conn: AsyncConnection, results: Sequence[Result]) -> l
         },
     )
     return [None] * len(results)
+
+
+async def release(conn: AsyncConnection, claims: Sequence[Claim]) -> None:
+    """Give back leases of claims never sent (leased ahead, then the pump stopped or the
+    subscription was paused): due again at once, their attempt not counted."""
+    await conn.execute(
+        text(
+            "UPDATE subscription_outbox o SET lease_until = NULL, attempts = o.attempts - 1, "
+            "first_attempt_at = CASE WHEN o.attempts = 1 THEN NULL ELSE o.first_attempt_at END "
+            "FROM unnest(CAST(:positions AS bigint[]), CAST(:attempts AS integer[])) "
+            "AS c(position, attempts) "
+            "WHERE o.subscription_id = :id AND o.position = c.position "
+            "AND o.attempts = c.attempts"
+        ),
+        {
+            "id": claims[0].subscription_id if claims else 0,
+            "positions": [c.position for c in claims],
+            "attempts": [c.attempts for c in claims],
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)

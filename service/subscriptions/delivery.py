@@ -6,7 +6,8 @@ attempt's (receivers refuse old ones, so each attempt is signed afresh). A 2xx a
 410 Gone pauses the subscription; anything else, a timeout or a connection error is retried
 with exponential backoff and jitter until the retry horizon has passed, then the subscription
 becomes `failing` and stops where it is. Redirects are not followed (the client never does) and
-at most `MAX_BODY_BYTES` of an answer are read.
+at most `MAX_BODY_BYTES` of an answer are read (then the connection is dropped); a failure's
+error quotes the first `ERROR_BODY_CHARS` of the answer's body.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from service.web.standard_webhooks import signed_headers
 
 TIMEOUT_S = 10.0
 MAX_BODY_BYTES = 64 * 1024
+ERROR_BODY_CHARS = 200  # of a failed answer's body, quoted in its error (the console shows it)
 
 _encoder = msgspec.json.Encoder()
 
@@ -76,11 +78,15 @@ async def send(
             client.stream("POST", endpoint.url, content=body, headers=headers) as response,
         ):
             read = 0
+            head = b""
             async for chunk in response.aiter_raw():
+                if len(head) < ERROR_BODY_CHARS:
+                    head += chunk[: ERROR_BODY_CHARS - len(head)]
                 read += len(chunk)
                 if read >= MAX_BODY_BYTES:
                     break  # the rest is not read: closing drops the connection
             status = response.status_code
+            encoded = response.headers.get("content-encoding", "identity") != "identity"
     except (TimeoutError, httpx.HTTPError) as exc:
         kind, reason = failure_kind(exc)
         if kind == "refused":
@@ -94,7 +100,14 @@ async def send(
         return Attempt("gone", "HTTP 410 Gone: the subscription is paused")
     if 300 <= status < 400:
         return Attempt("failed", f"HTTP {status} (redirects are not followed)")
-    return Attempt("failed", f"HTTP {status}")
+    said = "" if encoded else _quoted(head)
+    return Attempt("failed", f"HTTP {status}: {said}" if said else f"HTTP {status}")
+
+
+def _quoted(head: bytes) -> str:
+    """The start of an answer's body as one line of text (a compressed body is not quoted)."""
+    text = " ".join(head.decode("utf-8", errors="replace").split())
+    return text[:ERROR_BODY_CHARS]
 
 
 def _first_line(exc: BaseException, fallback: str) -> str:

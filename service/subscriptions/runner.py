@@ -10,6 +10,7 @@ admin route changes a subscription, and on a short poll (retries come due, the h
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 import time
@@ -30,6 +31,7 @@ from service.store.subscriptions import (
     fill,
     lags,
     record_outcomes,
+    release,
     targets,
 )
 from service.subscriptions.delivery import TIMEOUT_S, RetryPolicy, decide, send
@@ -49,6 +51,11 @@ LAG_EVERY_S = 2.0  # how often the lag gauges are refreshed
 LEASE_S = 30.0
 FILL_BATCH = 1000  # journal rows read per fill statement
 WINDOW = 2000  # undelivered rows an outbox may hold before its cursor waits
+# Heads leased ahead, beyond the requests open, as a share of max_in_flight: a slot that frees
+# starts its next POST from them at once instead of waiting for a claim round. (Only while
+# this process holds every lease of the subscription: see `claim`.) Each waits at most one
+# request of its own process (<= TIMEOUT_S) before it is sent, well within LEASE_S.
+AHEAD_SHARE = 1.0
 
 
 class Deliveries:
@@ -155,6 +162,9 @@ class _Pump:
         self._fill_wanted = asyncio.Event()
         self._claim_wanted = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._ready: collections.deque[Claim] = collections.deque()  # leased ahead, not sent
+        self._endpoint: Endpoint | None = None  # as the last claim read it
+        self._held = 0  # leases this pump holds: in flight, ready, outcomes not written
         self._results: list[Result] = []  # outcomes not written yet (their leases hold)
         self._tasks: list[asyncio.Task[None]] = []
         self._max_in_flight = 16  # the subscription's, as the last claim read it
@@ -180,13 +190,19 @@ class _Pump:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._endpoint = None  # a slot that frees now sends nothing more
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
-        if self._results:  # what was delivered, so that it is not delivered again
+        ready = list(self._ready)
+        self._ready.clear()
+        if self._results or ready:  # what was delivered, so that it is not delivered again
             with contextlib.suppress(*STORE_ERRORS):
                 async with self._owner._engine.begin() as conn:
-                    await record_outcomes(conn, self._results)
+                    if self._results:
+                        await record_outcomes(conn, self._results)
+                    if ready:  # and what was leased ahead, due again for whoever claims
+                        await release(conn, ready)
                 self._results = []
 
     async def _supervised(self, what: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -240,18 +256,29 @@ class _Pump:
         outage = Outage(f"subscription {self.name} (claim)", first_s=0.4, cap_s=2.0)
         while True:
             self._claim_wanted.clear()
-            free = self._max_in_flight - len(self._inflight)
+            ahead = int(self._max_in_flight * AHEAD_SHARE)
+            free = self._max_in_flight + ahead - len(self._inflight) - len(self._ready)
             results = self._results[:]
             try:
-                # The outcomes that came in and the claims of the slots they free, in one
-                # transaction: a finished delivery's slot goes to the next head at once.
+                # The outcomes that came in and the claims of the slots they free (and of the
+                # heads leased ahead), in one transaction.
                 async with owner._engine.begin() as conn:
                     if results:
                         await record_outcomes(conn, results)
                     endpoint, claims = await claim(
-                        conn, self.subscription_id, max(0, free), owner._lease_s
+                        conn,
+                        self.subscription_id,
+                        max(0, free),
+                        owner._lease_s,
+                        ahead=ahead,
+                        own=self._held - len(results),
                     )
+                    if endpoint is None and self._ready:  # paused or gone: give them back
+                        await release(conn, list(self._ready))
+                        self._held -= len(self._ready)
+                        self._ready.clear()
                 del self._results[: len(results)]
+                self._held -= len(results)
                 outage.succeeded()
             except STORE_ERRORS as exc:
                 if results and not is_store_outage(exc):
@@ -260,14 +287,15 @@ class _Pump:
                     # the events are delivered again.
                     log.error("push outcomes not stored", subscription=self.name, error=str(exc))
                     del self._results[: len(results)]
+                    self._held -= len(results)
                 await asyncio.sleep(outage.failed(exc))
                 continue
+            self._endpoint = endpoint
             if endpoint is not None:
                 self._max_in_flight = endpoint.max_in_flight
-                for item in claims:
-                    task = asyncio.create_task(self._deliver(endpoint, item))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
+                self._held += len(claims)
+                self._ready.extend(claims)
+                self._start_ready()
                 if claims and len(claims) < free:
                     self._fill_wanted.set()  # the outbox ran short of heads: room to fill
             if self._claim_wanted.is_set():
@@ -275,6 +303,20 @@ class _Pump:
             # Retries come due with time: the poll finds them.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_wanted.wait(), owner._poll_s)
+
+    def _start_ready(self) -> None:
+        """Send heads leased ahead while fewer than `max_in_flight` requests are open."""
+        endpoint = self._endpoint
+        while endpoint is not None and self._ready and len(self._inflight) < self._max_in_flight:
+            item = self._ready.popleft()
+            task = asyncio.create_task(self._deliver(endpoint, item))
+            self._inflight.add(task)
+            task.add_done_callback(self._delivered)
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled():
+            self._start_ready()  # the freed slot takes a head leased ahead at once
 
     async def _deliver(self, endpoint: Endpoint, item: Claim) -> None:
         owner = self._owner

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
+import socket
+import threading
+import time
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,10 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from service.app import create_app
+from service.domain.stored import Event
 from service.settings import Settings
 from service.store import subscriptions as store
-from service.subscriptions.delivery import RetryPolicy
+from service.subscriptions.delivery import ERROR_BODY_CHARS, MAX_BODY_BYTES, RetryPolicy, send
 from tests.support.asgi import app_client
+from tests.support.processes import free_port
 from tests.support.push import append, delivering, full_event, store_fetched, wait_until
 from tests.support.receiver import Received, Receiver
 from tests.support.tokens import ADMIN_TOKEN, READ_TOKEN
@@ -280,6 +288,81 @@ async def test_keys_go_in_parallel_up_to_max_in_flight_each_in_order(
         assert receiver.peak_open_requests == 4
     finally:
         receiver.stop()
+
+
+async def _leases(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        found = await conn.scalar(
+            text("SELECT count(*) FROM subscription_outbox WHERE lease_until > now()")
+        )
+    return int(found or 0)
+
+
+async def test_heads_are_leased_ahead_yet_requests_stay_within_max_in_flight(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """One deliverer leases up to max_in_flight more heads than it has requests open (a freed
+    slot sends one at once); a second deliverer then leases none beyond max_in_flight in all,
+    so the receiver never has more than max_in_flight requests open, and keys keep order."""
+    receiver = Receiver(delay_s=0.2).start()
+    try:
+        await create(api, name="ahead", url=receiver.url, start="now", max_in_flight=4)
+        bodies = [full_event(identity_id=f"idt-{i % 12}") for i in range(72)]
+        await append(engine, bodies)
+        most = 0
+        async with delivering(engine):
+            await receiver.arrived(4)
+            for _ in range(10):
+                most = max(most, await _leases(engine))
+                await asyncio.sleep(0.05)
+            assert most == 8, most  # 4 open, 4 ahead
+            async with delivering(engine):  # another process joins
+                await receiver.arrived(72, timeout=60)
+        assert receiver.peak_open_requests == 4
+        assert len(receiver.ids()) == 72  # once each
+        positions = {b["id"]: n for n, b in enumerate(bodies)}
+        by_key: dict[str, list[int]] = {}
+        for item in receiver.received:
+            by_key.setdefault(item.json()["identity_id"], []).append(positions[item.event_id])
+        assert all(order == sorted(order) for order in by_key.values()), by_key
+    finally:
+        receiver.stop()
+
+
+async def test_pausing_gives_back_the_heads_leased_ahead(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    receiver = Receiver(delay_s=0.3).start()
+    try:
+        await create(api, name="give-back", url=receiver.url, start="now", max_in_flight=2)
+        await append(engine, [full_event(identity_id=f"idt-{i}") for i in range(10)])
+        async with delivering(engine):
+            await wait_until(lambda: _true(receiver.open_requests == 2))
+            paused = await api.patch(
+                "/admin/subscriptions/give-back", json={"state": "paused"}, headers=ADMIN
+            )
+            assert paused.status_code == 200
+            # The two requests open finish; the two heads leased ahead are given back unsent.
+            await wait_until(lambda: _leases_are(engine, 0), timeout=5)
+        sent = set(receiver.ids())
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT attempts, first_attempt_at FROM subscription_outbox "
+                        "WHERE CAST(event_id AS text) <> ALL(:sent)"
+                    ),
+                    {"sent": list(sent)},
+                )
+            ).all()
+        assert len(rows) == 10 - len(sent)
+        assert all((r.attempts, r.first_attempt_at) == (0, None) for r in rows), rows
+    finally:
+        receiver.stop()
+
+
+async def _leases_are(engine: AsyncEngine, n: int) -> bool:
+    return await _leases(engine) == n
 
 
 async def test_during_a_rotation_both_secrets_sign_until_the_grace_ends(
@@ -589,3 +672,149 @@ async def test_a_filler_that_finds_the_subscription_locked_moves_nothing(
 async def _last(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(text("SELECT max(position) FROM journal")))
+
+
+# --- at most 64 KB of an answer is read ---------------------------------------------------------
+
+
+class Streamer:
+    """A raw HTTP/1.1 receiver on a loopback port whose every answer has a body that never ends
+    (chunked, `prefix` then 1 KB chunks until the client hangs up): what it wrote, and whether
+    the client cut it off."""
+
+    def __init__(self, status: int, prefix: bytes = b"") -> None:
+        self.status = status
+        self.prefix = prefix
+        self.port = free_port()
+        self.requests = 0
+        self.written = 0  # body bytes sent, all connections together
+        self.cut_off = 0  # connections the client closed while the body was being sent
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.2)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> Streamer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(body) < length:
+                body += conn.recv(65536)
+            self.requests += 1
+            conn.sendall(
+                f"HTTP/1.1 {self.status} X\r\ncontent-type: text/plain\r\n"
+                "transfer-encoding: chunked\r\n\r\n".encode()
+            )
+            chunk = b"x" * 1024
+            try:
+                for part in [self.prefix] if self.prefix else []:
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.written += len(part)
+                while not self._stop.is_set():
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.written += len(chunk)
+            except OSError:
+                self.cut_off += 1
+
+
+async def test_an_endless_2xx_body_is_cut_off_and_the_delivery_acknowledged(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    streamer = Streamer(200).start()
+    try:
+        await create(api, name="endless", url=streamer.url, start="now")
+        await append(engine, [full_event(identity_id="idt-e")])
+        started = time.monotonic()
+        async with delivering(engine, timeout_s=5.0):
+            await wait_until(lambda: _counted(api, "endless", "delivered", 1), timeout=10)
+        took = time.monotonic() - started
+        shown = await view(api, "endless")
+        # Acknowledged, not a timeout: the body was left unread and the connection dropped.
+        assert (shown["pending"], shown["deliveries"].get("timeout", 0)) == (0, 0), shown
+        assert took < 5.0, took
+        assert streamer.requests == 1
+        await wait_until(lambda: _true(streamer.cut_off == 1), timeout=5)
+        sent = streamer.written
+        await asyncio.sleep(0.3)
+        assert streamer.written == sent  # nothing more is being sent to us
+    finally:
+        streamer.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_500_with_a_huge_body_is_a_failure_quoting_its_start(
+    api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    streamer = Streamer(500, prefix=b"database\non fire; " + b"y" * 300_000).start()
+    try:
+        await create(api, name="huge-error", url=streamer.url, start="now")
+        await append(engine, [full_event(identity_id="idt-h")])
+        async with delivering(engine, timeout_s=5.0):
+            await wait_until(lambda: _counted(api, "huge-error", "failed", 2), timeout=10)
+        shown = await view(api, "huge-error")
+        error = shown["last_error"]
+        assert error.startswith("HTTP 500: database on fire; yyy"), error
+        assert len(error) == len("HTTP 500: ") + ERROR_BODY_CHARS, error
+        assert shown["deliveries"].get("timeout", 0) == 0
+        assert shown["pending"] == 1  # kept for the next attempt
+        assert streamer.cut_off >= 2
+    finally:
+        streamer.stop()
+
+
+async def test_send_reads_at_most_64_kb_of_an_answer() -> None:
+    """The exact count, on an answer whose body is pulled 1 KB at a time (a socket's buffers
+    would blur it): `send` takes the first 64 KB and no more."""
+    pulled = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield b"z" * 1024
+            await asyncio.sleep(0)  # a reader that never stops still times out
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless())
+
+    now = datetime.now(UTC)
+    event = Event(
+        id=uuid.uuid4(), type="identity.approved", source="com.paxos", time=now, object="event",
+        is_test=False, status="fetched", via="webhook", deliveries=1, first_received_at=now,
+        last_received_at=now, fetched_at=now, attempts=1, last_error=None, identity_id="idt-z",
+        object_type="identity", undelivered_webhooks=0, detail={},
+    )  # fmt: skip
+    claim = store.Claim(1, 1, 1, now, now, event)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        attempt = await asyncio.wait_for(
+            send(client, store.Endpoint("http://r.example/hook", (b"k" * 32,)), claim), 5
+        )
+    assert attempt.outcome == "delivered"
+    assert pulled * 1024 == MAX_BODY_BYTES

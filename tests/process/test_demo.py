@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,14 +50,16 @@ async def test_demo_shows_fetched_events_within_seconds(database_url: str) -> No
     output: list[str] = []
     try:
         assert process.stdout is not None
-        token = None
+        token = admin = None
         deadline = time.monotonic() + 30
-        while token is None and time.monotonic() < deadline:
+        while admin is None and time.monotonic() < deadline:
             line = await asyncio.to_thread(process.stdout.readline)
             output.append(line)
             if match := re.search(r"read token:\s+(\S+)", line):
                 token = match.group(1)
-        assert token, "".join(output)
+            if match := re.search(r"admin token:\s+(\S+)", line):
+                admin = match.group(1)
+        assert token and admin, "".join(output)
         banner = "".join(output)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             fetched: list[dict[str, object]] = []
@@ -77,6 +80,26 @@ async def test_demo_shows_fetched_events_within_seconds(database_url: str) -> No
         assert all(isinstance(item["detail"], dict) for item in fetched)
         assert all(item["detail"]["id"] == item["id"] for item in fetched)
         assert "built-in Paxos simulator" in banner
+        assert "subscription demo-receiver" in banner
+        # The demo's own subscription: its receiver (in the demo process) acknowledges only
+        # deliveries whose signature it checks, so `delivered` counts verified pushes.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            shown: dict[str, object] = {}
+            started = time.monotonic()
+            while time.monotonic() - started < 30:
+                response = await client.get(
+                    "/admin/subscriptions/demo-receiver",
+                    headers={"Authorization": f"Bearer {admin}"},
+                )
+                if response.status_code == 200:
+                    shown = response.json()
+                    if shown["deliveries"]["delivered"] > 0:  # type: ignore[index]
+                        break
+                await asyncio.sleep(0.5)
+        assert shown, "no demo-receiver subscription within 30 s"
+        assert shown["deliveries"]["delivered"] > 0, shown  # type: ignore[index]
+        assert shown["state"] == "active", shown
+        assert shown["url"].startswith("http://127.0.0.1:"), shown  # type: ignore[attr-defined]
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -86,6 +109,71 @@ async def test_demo_shows_fetched_events_within_seconds(database_url: str) -> No
             process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+async def _demo_receiver_after(database_url: str, delivered_before: int) -> dict[str, Any]:
+    """Run `serve --demo` until its subscription has delivered more than `delivered_before`
+    (its receiver acknowledges only what carries a signature of this run's secret); the
+    subscriptions then listed."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PAXOS_", "WEBHOOK_", "API_"))}
+    env.update(DATABASE_URL=database_url, PORT=str(port), LOG_LEVEL="warning")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--demo"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        admin = None
+        deadline = time.monotonic() + 30
+        while admin is None and time.monotonic() < deadline:
+            line = await asyncio.to_thread(process.stdout.readline)
+            if match := re.search(r"admin token:\s+(\S+)", line):
+                admin = match.group(1)
+        assert admin
+        headers = {"Authorization": f"Bearer {admin}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            started = time.monotonic()
+            while time.monotonic() - started < 30:
+                await asyncio.sleep(0.5)
+                try:
+                    response = await client.get("/admin/subscriptions", headers=headers)
+                except httpx.TransportError:
+                    continue
+                items = response.json()["items"] if response.status_code == 200 else []
+                if items and items[0]["deliveries"]["delivered"] > delivered_before:
+                    return response.json()  # type: ignore[no-any-return]
+        raise AssertionError(f"no delivery past {delivered_before} within 30 s")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+
+@pytest.mark.slow
+async def test_a_restarted_demo_keeps_its_one_subscription_and_delivers_on(
+    database_url: str,
+) -> None:
+    first = (await _demo_receiver_after(database_url, 0))["items"]
+    assert [s["name"] for s in first] == ["demo-receiver"]
+    # Another run: the same subscription, this run's receiver (another port), a new secret
+    # (what the old one signed would be refused with 401, not counted as delivered).
+    second = (await _demo_receiver_after(database_url, first[0]["deliveries"]["delivered"]))[
+        "items"
+    ]
+    assert [s["name"] for s in second] == ["demo-receiver"]
+    assert second[0]["url"] != first[0]["url"]
+    assert second[0]["state"] == "active"
 
 
 async def _counts(engine: AsyncEngine) -> tuple[int, int]:

@@ -219,7 +219,8 @@ async def test_sigkill_mid_delivery_redelivers_only_what_was_in_flight(
                         )
                     }
                 killed_at = len(receiver.received)
-                assert 0 < len(leased) <= 16  # max_in_flight
+                # max_in_flight (16) requests open, and as many heads leased ahead of them
+                assert 0 < len(leased) <= 32
                 worker = start(["worker"], env(database_url), log)
                 await wait_for(receiver, len(bodies), 120)
                 await asyncio.sleep(1.0)
@@ -231,6 +232,7 @@ async def test_sigkill_mid_delivery_redelivers_only_what_was_in_flight(
         assert twice <= leased, twice - leased  # duplicates only of what was in flight
         assert all(n <= 2 for n in counts.values())
         assert killed_at < len(receiver.received)
+        assert receiver.peak_open_requests == 16  # never more requests open than max_in_flight
         assert_key_order(receiver, await positions(engine))
     finally:
         receiver.stop()
