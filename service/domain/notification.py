@@ -17,7 +17,8 @@ AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 # The event types Paxos documents (PAXOS.md §3, shared/paxos/webhooks.openapi.json). Any other
 # type is still accepted and stored; this list only bounds what is worth a series of its own
 # (a metric label), where a sender inventing types must not grow the output without bound.
-_TRANSFER_KINDS = (
+# Transfer kinds that go pending -> completed | failed.
+TRANSFER_KINDS = (
     "crypto_deposit",
     "crypto_withdrawal",
     "act_deposit",
@@ -34,6 +35,8 @@ _TRANSFER_KINDS = (
     "bny_intrabank_withdrawal",
     "rtp_deposit",
 )
+# Transfer kinds that only ever announce their completion.
+INTERNAL_TRANSFER_KINDS = ("internal_transfer_debit", "internal_transfer_credit")
 KNOWN_TYPES: tuple[str, ...] = (
     "identity.approved",
     "identity.denied",
@@ -47,9 +50,8 @@ KNOWN_TYPES: tuple[str, ...] = (
     "orchestration.processing",
     "orchestration.completed",
     "orchestration.failed",
-    *(f"transfer.{k}.{s}" for k in _TRANSFER_KINDS for s in ("pending", "completed", "failed")),
-    "transfer.internal_transfer_debit.completed",
-    "transfer.internal_transfer_credit.completed",
+    *(f"transfer.{k}.{s}" for k in TRANSFER_KINDS for s in ("pending", "completed", "failed")),
+    *(f"transfer.{k}.completed" for k in INTERNAL_TRANSFER_KINDS),
 )
 
 

@@ -23,6 +23,9 @@ from typing import Any
 
 import msgspec
 
+# Paxos's transfer kinds: one list, the domain's (it also bounds the metric labels).
+from service.domain.notification import INTERNAL_TRANSFER_KINDS, TRANSFER_KINDS
+
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 
@@ -41,26 +44,6 @@ ORCHESTRATION_TYPES = (
     "orchestration.completed",
     "orchestration.failed",
 )
-# Kinds that go pending -> completed | failed.
-TRANSFER_KINDS = (
-    "crypto_deposit",
-    "crypto_withdrawal",
-    "act_deposit",
-    "act_withdrawal",
-    "wire_deposit",
-    "wire_withdrawal",
-    "cubix_deposit",
-    "cubix_withdrawal",
-    "scb_intrabank_deposit",
-    "scb_intrabank_withdrawal",
-    "banking_circle_intrabank_deposit",
-    "banking_circle_intrabank_withdrawal",
-    "bny_intrabank_deposit",
-    "bny_intrabank_withdrawal",
-    "rtp_deposit",
-)
-# Kinds that only ever announce their completion.
-INTERNAL_TRANSFER_KINDS = ("internal_transfer_debit", "internal_transfer_credit")
 TRANSFER_TYPES = (
     *(f"transfer.{k}.{s}" for k in TRANSFER_KINDS for s in ("pending", "completed", "failed")),
     *(f"transfer.{k}.completed" for k in INTERNAL_TRANSFER_KINDS),
