@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt migrate bench bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-feed bench-push soak clean
+.PHONY: help run test lint fmt migrate bench bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-audit bench-feed bench-push soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -57,7 +57,7 @@ migrate: $(RUN_STAMP) ## Apply migrations to DATABASE_URL (or the embedded datab
 	@command -v apt-get >/dev/null || { echo "wrk is needed for the benchmarks: install it"; exit 1; }
 	apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 
-bench: bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-push bench-feed ## Run every benchmark (prints figures; results in bench/results/)
+bench: bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-audit bench-push bench-feed ## Run every benchmark (prints figures; results in bench/results/)
 
 bench-ingest: $(DEV_STAMP) /usr/bin/wrk ## Webhook intake throughput and latency (wrk against a real server)
 	$(BIN)/python -m bench.ingest
@@ -79,6 +79,9 @@ bench-rebuild: $(DEV_STAMP) ## Rebuild of identities from 1,000,000 journal even
 
 bench-export: $(DEV_STAMP) ## Audit export of 1,000,000 events: peak memory and rate (also seal and verify)
 	$(BIN)/python -m bench.export
+
+bench-audit: $(DEV_STAMP) ## Sealing + signing + anchoring 2,000,000 journal rows vs sealing alone; verify with anchors vs without
+	$(BIN)/python -m bench.audit
 
 bench-feed: $(DEV_STAMP) ## GET /feed: catch-up of 1,000,000 events, commit-to-SSE latency, idle SSE clients
 	$(BIN)/python -m bench.feed

@@ -18,7 +18,8 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit.sealer import Sealer
+from service.audit.anchoring import Anchorer, sinks_of
+from service.audit.sealer import Sealer, signer_for
 from service.db.notify import FETCHED_CHANNEL, PENDING_CHANNEL, listen
 from service.fetching.fetcher import FETCH_POLL_S, Fetcher, RetryPolicy
 from service.jobs.runner import JobRunner
@@ -143,7 +144,18 @@ async def running_background(
         wakeups[PENDING_CHANNEL] = [fetcher.wakeup]
     database_url = settings.database_url
     # The audit trail's sealer: one at a time across processes (an advisory lock).
-    sealer = Sealer(engine, interval_s=settings.seal_interval_s)
+    sealer = Sealer(engine, interval_s=settings.seal_interval_s, signer=signer_for(settings))
+    if settings.audit_anchor_url:
+        # Anchors of the seal head outside the database: one anchorer at a time (a lock).
+        anchorer = Anchorer(
+            engine,
+            http,
+            sinks_of(settings),
+            interval_s=settings.audit_anchor_interval_s,
+            tsa_url=settings.audit_tsa_url,
+            poll_s=min(5.0, settings.audit_anchor_interval_s),
+        )
+        tasks.append(asyncio.create_task(supervise("anchorer", anchorer.run), name="anchorer"))
     tasks += [
         asyncio.create_task(supervise("jobs", jobs.run), name="jobs"),
         asyncio.create_task(supervise("projector", projector.run), name="projector"),

@@ -48,6 +48,17 @@ def _check(settings: Settings, *, demo: bool) -> None:
         settings.check(demo=demo)
     except SettingsError as exc:
         _fail(f"configuration error: {exc}")
+    _check_audit_keys(settings)
+
+
+def _check_audit_keys(settings: Settings) -> None:
+    """AUDIT_SIGNING_KEY and AUDIT_PUBLIC_KEYS readable and Ed25519, or exit with one line."""
+    from service.domain.signing import trusted_keys
+
+    try:
+        trusted_keys(settings.audit_signing_key, settings.audit_public_keys)
+    except ValueError as exc:
+        _fail(f"configuration error: {exc}")
 
 
 def _configure_logs(settings: Settings) -> None:
@@ -139,6 +150,7 @@ def worker() -> None:
     from service.web.client import new_http_client
 
     settings = load_settings(check=False)
+    _check_audit_keys(settings)
     if not settings.has_paxos_credentials:
         _fail(
             "configuration error: PAXOS_CLIENT_ID: the worker needs PAXOS_CLIENT_ID and "
@@ -338,7 +350,13 @@ def rebuild(name: str) -> None:
     help="A seal hash recorded earlier (from --head): it must still be in the chain.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(show_head: bool, expect_head: str | None, as_json: bool) -> None:
+@click.option(
+    "--anchors",
+    metavar="URL",
+    help="Anchor sinks to check the chain against (file:///dir, s3://bucket/prefix; "
+    "comma-separated); default AUDIT_ANCHOR_URL.",
+)
+def verify(show_head: bool, expect_head: str | None, as_json: bool, anchors: str | None) -> None:
     """Recompute the audit seal chain from the journal; exit 1 on any problem.
 
     With --head, print the newest seal hash instead, to record outside the database.
@@ -350,15 +368,29 @@ def verify(show_head: bool, expect_head: str | None, as_json: bool) -> None:
     from service.store.audit.verify import verify as verify_chain
 
     settings = load_settings(check=False)
+    _check_audit_keys(settings)
     url = database_url(settings)
     if expect_head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expect_head):
         raise click.BadParameter("must be a 64-digit hex SHA-256", param_hint="--expect-head")
+    if anchors is not None:
+        from service.store.audit.sinks import sink_for
+
+        for anchor_url in anchors.split(","):
+            try:
+                sink_for(anchor_url.strip())
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--anchors") from None
 
     async def check(engine: AsyncEngine) -> Any:
         if show_head:
             async with engine.connect() as conn:
                 return await head(conn)
-        return await verify_chain(engine, settings, expect_head=expect_head)
+        return await verify_chain(
+            engine,
+            settings,
+            expect_head=expect_head,
+            anchors=None if anchors is None else [u.strip() for u in anchors.split(",") if u],
+        )
 
     result = run_with_engine(url, check)
     if show_head:
@@ -419,6 +451,98 @@ def export(
         run_with_engine(url, write)
     except OSError as exc:
         _fail(f"cannot write the export: {exc.strerror or exc}")
+
+
+@cli.command()
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The private key file to create (refused if it exists).",
+)
+def keygen(output: str) -> None:
+    """Write a new Ed25519 seal signing key (PEM, mode 0600) for AUDIT_SIGNING_KEY; print its
+    public key (PEM, for AUDIT_PUBLIC_KEYS and auditors) and its key id."""
+    from service.domain.signing import Signer, private_pem, public_pem
+
+    signer = Signer.generate()
+    try:
+        # O_EXCL: never overwrite a key (old seals stay verifiable only with their key).
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _fail(f"{output} exists: refusing to overwrite a signing key")
+    except OSError as exc:
+        _fail(f"cannot create {output}: {exc.strerror or exc}")
+    with os.fdopen(fd, "wb") as sink:
+        sink.write(private_pem(signer.private))
+        sink.flush()
+        os.fsync(sink.fileno())
+    click.echo(public_pem(signer.public), nl=False)
+    click.echo(f"key id: {signer.key_id}")
+
+
+@cli.command("verify-export")
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--public-key",
+    "public_key",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM file of the trusted Ed25519 public keys (one or several).",
+)
+@click.option(
+    "--anchors",
+    metavar="URL",
+    help="file:///dir of anchor documents: the covering seals must match their anchors.",
+)
+def verify_export(file: Any, public_key: str, anchors: str | None) -> None:
+    """Check a JSON Lines export alone, without the database or service settings: every row's
+    hash, the covering seals' hashes, chain and signatures, and with --anchors the link to
+    the anchored heads. One line per problem; exit 1 on any (docs/audit.md)."""
+    from pathlib import Path
+    from urllib.parse import unquote, urlsplit
+
+    from service.audit.offline import AnchoredSeal
+    from service.audit.offline import verify_export as check_export
+    from service.domain.anchor import decode
+    from service.domain.signing import read_public_keys
+
+    try:
+        keys = read_public_keys(Path(public_key))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--public-key") from None
+    anchored: list[AnchoredSeal] | None = None
+    bad_anchors: list[str] = []
+    if anchors is not None:
+        parts = urlsplit(anchors)
+        directory = Path(unquote(parts.path))
+        if parts.scheme != "file" or parts.netloc or not directory.is_dir():
+            raise click.BadParameter(
+                "must be file:///dir, an existing directory", param_hint="--anchors"
+            )
+        anchored = []
+        for path in sorted(directory.glob("*.json")):
+            try:
+                a = decode(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                bad_anchors.append(f"malformed anchor {path.name}: {exc}")
+                continue
+            anchored.append(
+                AnchoredSeal(
+                    a.seal_id, a.first_position, a.last_position, a.seal_hash, a.signature, a.key_id
+                )
+            )
+    report = check_export(file, keys, anchored)
+    for line in bad_anchors:
+        click.echo(line)
+    for problem in report.problems:
+        click.echo(str(problem))
+    count = len(report.problems) + len(bad_anchors)
+    verdict = f"{count} problems" if count else "ok"
+    click.echo(f"{verdict}: {report.rows_checked} rows checked, {report.seals_checked} seals")
+    if not report.ok or bad_anchors:
+        sys.exit(1)
 
 
 @cli.command()

@@ -100,6 +100,21 @@ class Settings:
     # audit_max_unsealed_age_s.
     seal_interval_s: float = 5.0
     audit_max_unsealed_age_s: int = 3600
+    # Signed seals (docs/audit.md): the Ed25519 private key (PEM) the sealer signs each seal's
+    # hash with (None: seals unsigned), and a file of trusted public keys (PEM, several) that
+    # verify accepts besides the signing key's own (rotated-out keys).
+    audit_signing_key: Path | None = None
+    audit_public_keys: Path | None = None
+    # Anchors outside the database (docs/audit.md): the sinks the seal head is written to
+    # (file:///dir, s3://bucket/prefix; empty: none), at most this often; S3 Object Lock
+    # retention (None: no lock); the S3 endpoint (None: AWS); an RFC 3161 TSA (None: no token);
+    # /health/ready says anchoring is degraded after this long without a successful anchor.
+    audit_anchor_url: tuple[str, ...] = ()
+    audit_anchor_interval_s: int = 60
+    audit_anchor_retain_days: int | None = None
+    audit_anchor_s3_endpoint: str | None = None
+    audit_tsa_url: str | None = None
+    audit_anchor_max_lag_s: int = 900
 
     # Hardening (docs/security.md): failed-authentication throttle and the HTTP server's limits.
     auth_failure_limit: int = 20
@@ -168,6 +183,14 @@ class Settings:
             audit_max_unsealed_age_s=r.get(
                 "AUDIT_MAX_UNSEALED_AGE_S", _int_in(1, 30 * 86400), 3600
             ),
+            audit_signing_key=r.get("AUDIT_SIGNING_KEY", _path, None),
+            audit_public_keys=r.get("AUDIT_PUBLIC_KEYS", _path, None),
+            audit_anchor_url=r.get("AUDIT_ANCHOR_URL", _anchor_urls, ()),
+            audit_anchor_interval_s=r.get("AUDIT_ANCHOR_INTERVAL_S", _int_in(1, 86400), 60),
+            audit_anchor_retain_days=r.get("AUDIT_ANCHOR_RETAIN_DAYS", _int_in(1, 100 * 365), None),
+            audit_anchor_s3_endpoint=r.get("AUDIT_ANCHOR_S3_ENDPOINT", _http_url, None),
+            audit_tsa_url=r.get("AUDIT_TSA_URL", _http_url, None),
+            audit_anchor_max_lag_s=r.get("AUDIT_ANCHOR_MAX_LAG_S", _int_in(1, 30 * 86400), 900),
             auth_failure_limit=r.get("AUTH_FAILURE_LIMIT", _int_in(1, 1_000_000), 20),
             auth_failure_window_s=r.get("AUTH_FAILURE_WINDOW_S", _int_in(1, 86400), 60),
             trusted_proxies=r.get("TRUSTED_PROXIES", _networks, ()),
@@ -374,6 +397,18 @@ def _http_url(raw: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"must be an http(s) URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _anchor_urls(raw: str) -> tuple[str, ...]:
+    values = _csv(raw)
+    for value in values:
+        parts = urlsplit(value)
+        if parts.scheme == "file" and parts.path not in ("", "/") and not parts.netloc:
+            continue
+        if parts.scheme == "s3" and parts.netloc:
+            continue
+        raise ValueError(f"must be file:///dir or s3://bucket/prefix URLs, got {value!r}")
+    return values
 
 
 def _networks(raw: str) -> tuple[str, ...]:

@@ -167,7 +167,9 @@ class AuditController(Controller):
         description=(
             "Recomputes every seal from the journal; `problems` names each changed, deleted "
             "or inserted row, broken chain link, prune of an event Paxos never confirmed as a "
-            "test event, and an unsealed backlog older than AUDIT_MAX_UNSEALED_AGE_S. The run "
+            "test event, and an unsealed backlog older than AUDIT_MAX_UNSEALED_AGE_S; with "
+            "AUDIT_ANCHOR_URL, anchors outside the database that disagree with the seals "
+            "(`anchor_mismatch`) or lie beyond the chain's end (`anchor_missing`). The run "
             "is recorded. One run at a time: a run recorded in the last 60 s is answered "
             "again (`verified_at` says when it ran), and concurrent callers share one run."
         ),

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.db.migrations import head_revision, revision_of
 from service.db.outages import STORE_ERRORS
 from service.settings import Settings
+from service.store.audit.anchors import SinkStatus, sink_status
 from service.store.fetch_queue import fetch_backlog
 from service.store.projections.checkpoints import lag as projection_lag
 from service.store.subscriptions import failing_subscriptions
@@ -42,6 +43,11 @@ class Ready(msgspec.Struct, frozen=True):
     # Push subscriptions that gave up retrying (`failing`): shown, but they do not make the
     # service unready (the receiver is at fault, and the service itself works).
     failing_subscriptions: list[str] | msgspec.UnsetType = msgspec.UNSET
+    # "signed" (AUDIT_SIGNING_KEY set: each new seal is signed) or "unsigned"; either is ready.
+    seals: str | msgspec.UnsetType = msgspec.UNSET
+    # "ok", or "degraded" when a seal has waited more than AUDIT_ANCHOR_MAX_LAG_S for its
+    # anchor in some sink of AUDIT_ANCHOR_URL; "off" without sinks. Degraded is still ready.
+    anchoring: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class ProjectionLag(msgspec.Struct, frozen=True):
@@ -87,6 +93,11 @@ class HealthController(Controller):
                 backlog = await fetch_backlog(conn)
                 lags = await projection_lag(conn) if current else []
                 failing = await failing_subscriptions(conn) if current else []
+                anchors = (
+                    await sink_status(conn, settings.audit_anchor_url)
+                    if current and settings.audit_anchor_url
+                    else []
+                )
         except STORE_ERRORS:
             return Response(
                 Ready("not_ready", "unreachable", "unknown", fetching=fetching), status_code=503
@@ -109,5 +120,14 @@ class HealthController(Controller):
             projections,
             fetching,
             failing,
+            seals="signed" if settings.audit_signing_key is not None else "unsigned",
+            anchoring=_anchoring(settings, anchors),
         )
         return Response(body, status_code=200 if ok else 503)
+
+
+def _anchoring(settings: Settings, sinks: list[SinkStatus]) -> str:
+    if not settings.audit_anchor_url:
+        return "off"
+    lagging = any(s.behind_s > settings.audit_anchor_max_lag_s for s in sinks)
+    return "degraded" if lagging else "ok"

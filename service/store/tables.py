@@ -460,6 +460,10 @@ seals = Table(
     Column("prev_hash", LargeBinary, nullable=False),
     Column("hash", LargeBinary, nullable=False),
     Column("sealed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # The Ed25519 signature of `hash` and the signing key's id (hex SHA-256 of the raw public
+    # key); both NULL for an unsigned seal (AUDIT_SIGNING_KEY unset).
+    Column("key_id", Text, nullable=True),
+    Column("signature", LargeBinary, nullable=True),
     CheckConstraint("first_position <= last_position", name="range"),
     UniqueConstraint("first_position"),
     UniqueConstraint("prev_hash"),
@@ -509,6 +513,34 @@ audit_verifications = Table(
     Column("problems", JSONB, nullable=False),
     # The newest seal's hash at the time: a recent run is answered again as it was.
     Column("head_hash", Text, nullable=True),
+)
+
+# Anchors (service/audit/anchoring.py): every seal head written to a sink outside the database
+# (verify reports one gone from its sink), and each sink's latest failure (the console).
+audit_anchors = Table(
+    "audit_anchors",
+    metadata,
+    Column("anchor_id", BigInteger, Identity(always=True), primary_key=True),
+    Column("sink", Text, nullable=False),
+    Column("seal_id", BigInteger, nullable=False),
+    Column("seal_hash", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column(
+        "anchored_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("clock_timestamp()"),
+    ),
+    UniqueConstraint("sink", "seal_id"),
+)
+
+audit_anchor_sinks = Table(
+    "audit_anchor_sinks",
+    metadata,
+    Column("sink", Text, primary_key=True),
+    Column("failures", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text, nullable=True),
+    Column("failed_at", DateTime(timezone=True), nullable=True),
 )
 
 

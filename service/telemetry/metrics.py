@@ -73,6 +73,11 @@ SUBSCRIPTION_LAG_EVENTS = Gauge(
     "Matching events a subscription has not delivered yet",
     ["subscription"],
 )
+AUDIT_ANCHOR_FAILURES = Counter(
+    "paxos_audit_anchor_failures_total",
+    "Failed writes of the seal head to an anchor sink (file://, s3://, or the TSA)",
+    ["sink"],
+)
 SUBSCRIPTION_DELIVERIES = Counter(
     "paxos_subscription_deliveries_total",
     "Push delivery attempts by outcome (delivered, failed, timeout, connection_error, "

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.stored import EventFilter
 from service.settings import Settings
+from service.store.audit.anchors import sink_status
 from service.store.audit.seals import head as seal_head
 from service.store.audit.verify import last_run as last_verify
 from service.store.console import rate_limits, recent_jobs, status_counts, stored_events
@@ -61,6 +62,7 @@ class PipelinePages(Controller):
             failed = await list_events(conn, EventFilter(status="failed"), limit=PAGE_SIZE)
             head = await seal_head(conn)
             verified = await last_verify(conn)
+            anchors = await sink_status(conn, settings.audit_anchor_url)
             subscriptions = await list_subscriptions(conn)
         return page(
             "pipeline.html",
@@ -80,6 +82,7 @@ class PipelinePages(Controller):
             failed_more=failed.more,
             head=head,
             verified=verified,
+            anchors=anchors,
             subscriptions=subscriptions,
             projections=list(PROJECTIONS),
             notice=NOTICES.get(request.query_params.get("notice") or ""),

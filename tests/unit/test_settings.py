@@ -78,6 +78,14 @@ def test_every_variable_is_read() -> None:
         "PROJECTION_MAX_LAG_S": "120",
         "SEAL_INTERVAL_S": "2.5",
         "AUDIT_MAX_UNSEALED_AGE_S": "600",
+        "AUDIT_SIGNING_KEY": "/etc/paxos/seal-key.pem",
+        "AUDIT_PUBLIC_KEYS": "/etc/paxos/trusted-keys.pem",
+        "AUDIT_ANCHOR_URL": "file:///srv/anchors, s3://bucket/prefix",
+        "AUDIT_ANCHOR_INTERVAL_S": "30",
+        "AUDIT_ANCHOR_RETAIN_DAYS": "2555",
+        "AUDIT_ANCHOR_S3_ENDPOINT": "http://127.0.0.1:9000",
+        "AUDIT_TSA_URL": "http://127.0.0.1:3180/tsa",
+        "AUDIT_ANCHOR_MAX_LAG_S": "300",
         "AUTH_FAILURE_LIMIT": "5",
         "AUTH_FAILURE_WINDOW_S": "30",
         "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
@@ -107,6 +115,13 @@ def test_every_variable_is_read() -> None:
     assert s.projection_max_lag_s == 120
     assert s.seal_interval_s == 2.5
     assert s.audit_max_unsealed_age_s == 600
+    assert s.audit_signing_key == Path("/etc/paxos/seal-key.pem")
+    assert s.audit_public_keys == Path("/etc/paxos/trusted-keys.pem")
+    assert s.audit_anchor_url == ("file:///srv/anchors", "s3://bucket/prefix")
+    assert (s.audit_anchor_interval_s, s.audit_anchor_retain_days) == (30, 2555)
+    assert s.audit_anchor_s3_endpoint == "http://127.0.0.1:9000"
+    assert s.audit_tsa_url == "http://127.0.0.1:3180/tsa"
+    assert s.audit_anchor_max_lag_s == 300
     assert s.api_read_tokens == ("read-token-000001", "read-token-000002")
     assert s.log_level == "debug"
     assert s.data_dir == Path("/srv/paxos")
@@ -125,6 +140,10 @@ def test_every_variable_is_read() -> None:
     ("env", "names"),
     [
         ({"PORT": "eighty"}, "PORT"),
+        ({"AUDIT_ANCHOR_URL": "ftp://host/dir"}, "AUDIT_ANCHOR_URL"),
+        ({"AUDIT_ANCHOR_URL": "file://relative"}, "AUDIT_ANCHOR_URL"),
+        ({"AUDIT_ANCHOR_RETAIN_DAYS": "0"}, "AUDIT_ANCHOR_RETAIN_DAYS"),
+        ({"AUDIT_TSA_URL": "tsa.example"}, "AUDIT_TSA_URL"),
         ({"PORT": "70000"}, "PORT"),
         ({"WEBHOOK_AUTH": "basic"}, "WEBHOOK_AUTH"),
         ({"WEBHOOK_API_KEY_HEADER": "X Api Key"}, "WEBHOOK_API_KEY_HEADER"),

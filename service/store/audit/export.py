@@ -10,7 +10,10 @@ chain hashes, so an auditor can recompute each row's hash from the export alone 
 with the seals (docs/audit.md).
 
 The last record is a trailer: how many events, the journal positions they span, the seals
-covering those positions and whether every exported row is sealed.
+covering those positions (with their key ids and signatures) and whether every exported row is
+sealed. In JSON Lines the trailer also carries `covering_seals`: every seal whose range meets
+the span of exported positions, in full (prev_hash, range, rows_digest, hash, key id, signature), so
+`paxos-events verify-export` can check the export with no database (docs/audit.md).
 
 Events are read in (time, event_id) keyset batches, each a short statement of its own: memory
 stays constant however large the window, and no long transaction holds back
@@ -32,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.audit.canonical import canonical_time, row_hash_sql
@@ -40,6 +44,7 @@ from service.store.tables import TEST_CONFIRMATION
 
 FORMATS = ("jsonl", "csv")
 BATCH = 1000
+_SEALS_PER_QUERY = 16
 
 CSV_COLUMNS = (
     "record",
@@ -192,6 +197,8 @@ def _seal_summary(seal: SealInfo | None) -> dict[str, Any] | None:
         "first_position": seal.first_position,
         "last_position": seal.last_position,
         "hash": seal.hash_hex,
+        "key_id": seal.key_id,
+        "signature": seal.signature_hex,
     }
 
 
@@ -245,7 +252,50 @@ async def export(
             [["trailer", *([""] * (len(CSV_COLUMNS) - 2)), encoder.encode(trailer).decode()]]
         )
     else:
-        yield encoder.encode({"record": "trailer", **trailer}) + b"\n"
+        # The covering seals, streamed into the trailer's last field (each is up to 400 KB of
+        # row digests: never all of them in memory at once).
+        opening = encoder.encode({"record": "trailer", **trailer})
+        yield opening[:-1] + b',"covering_seals":['
+        separator = b""
+        async for seal in _covering_seals(engine, span):
+            yield separator + encoder.encode(seal)
+            separator = b","
+        yield b"]}\n"
+
+
+async def _covering_seals(engine: AsyncEngine, span: _Span) -> AsyncIterator[dict[str, Any]]:
+    """Every seal whose range meets [span.first, span.last], in id order, in full."""
+    if span.first is None or span.last is None:
+        return
+    after = 0
+    while True:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT seal_id, first_position, last_position, row_count, prev_hash, "
+                        "rows_digest, hash, key_id, signature FROM seals "
+                        "WHERE seal_id > :after AND last_position >= :first "
+                        "AND first_position <= :last ORDER BY seal_id LIMIT :n"
+                    ),
+                    {"after": after, "first": span.first, "last": span.last, "n": _SEALS_PER_QUERY},
+                )
+            ).all()
+        if not rows:
+            return
+        for r in rows:
+            yield {
+                "seal_id": r.seal_id,
+                "first_position": r.first_position,
+                "last_position": r.last_position,
+                "row_count": r.row_count,
+                "prev_hash": bytes(r.prev_hash).hex(),
+                "rows_digest": bytes(r.rows_digest).hex(),
+                "hash": bytes(r.hash).hex(),
+                "key_id": r.key_id,
+                "signature": bytes(r.signature).hex() if r.signature is not None else None,
+            }
+        after = rows[-1].seal_id
 
 
 async def _trailer(

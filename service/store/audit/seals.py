@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.domain.signing import Signer
 from service.store.audit.canonical import GENESIS_HASH, ROW_HASH_SQL, pack_rows, seal_hash
 
 SEALER_LOCK = 0x7061786F735F736C  # "paxos_sl"
@@ -38,9 +39,12 @@ class SealInfo:
     row_count: int
     hash_hex: str
     sealed_at: datetime
+    # The signing key's id and the Ed25519 signature of the hash (hex); None when unsigned.
+    key_id: str | None = None
+    signature_hex: str | None = None
 
 
-_COLUMNS = "seal_id, first_position, last_position, row_count, hash, sealed_at"
+_COLUMNS = "seal_id, first_position, last_position, row_count, hash, sealed_at, key_id, signature"
 
 
 def _info(row: Any) -> SealInfo:
@@ -51,6 +55,8 @@ def _info(row: Any) -> SealInfo:
         row_count=row.row_count,
         hash_hex=bytes(row.hash).hex(),
         sealed_at=row.sealed_at,
+        key_id=row.key_id,
+        signature_hex=bytes(row.signature).hex() if row.signature is not None else None,
     )
 
 
@@ -109,11 +115,15 @@ async def horizon(engine: AsyncEngine, *, lock_timeout_ms: int = 100) -> int | N
 
 
 async def seal_next(
-    engine: AsyncEngine, through: int, *, max_rows: int = MAX_ROWS_PER_SEAL
+    engine: AsyncEngine,
+    through: int,
+    *,
+    max_rows: int = MAX_ROWS_PER_SEAL,
+    signer: Signer | None = None,
 ) -> SealInfo | None:
     """Seal the next rows after the head seal, up to position `through` (which must be a
-    horizon) and at most `max_rows` of them. None if another process is sealing, or there is
-    nothing to seal."""
+    horizon) and at most `max_rows` of them, signed by `signer` if given. None if another
+    process is sealing, or there is nothing to seal."""
     async with engine.begin() as conn:
         # One sealer at a time: two would chain two seals onto the same head (the unique
         # prev_hash would refuse the second, but only after it did the work).
@@ -148,12 +158,14 @@ async def seal_next(
         last = rows[-1].position if len(rows) == max_rows else through
         prev_hash = bytes(prev.hash) if prev is not None else GENESIS_HASH
         digest = pack_rows((r.position, bytes(r.row_hash)) for r in rows)
+        sealed = seal_hash(prev_hash, first, last, digest)
         row = (
             await conn.execute(
                 text(
                     "INSERT INTO seals (seal_id, first_position, last_position, row_count, "
-                    "rows_digest, prev_hash, hash) VALUES (:id, :first, :last, :count, "
-                    f":digest, :prev, :hash) RETURNING {_COLUMNS}"
+                    "rows_digest, prev_hash, hash, key_id, signature) VALUES (:id, :first, "
+                    f":last, :count, :digest, :prev, :hash, :key_id, :signature) "
+                    f"RETURNING {_COLUMNS}"
                 ),
                 {
                     "id": prev.seal_id + 1 if prev is not None else 1,
@@ -162,7 +174,9 @@ async def seal_next(
                     "count": len(rows),
                     "digest": digest,
                     "prev": prev_hash,
-                    "hash": seal_hash(prev_hash, first, last, digest),
+                    "hash": sealed,
+                    "key_id": signer.key_id if signer is not None else None,
+                    "signature": signer.sign(sealed) if signer is not None else None,
                 },
             )
         ).one()
@@ -170,7 +184,11 @@ async def seal_next(
 
 
 async def seal_pending(
-    engine: AsyncEngine, *, max_rows: int = MAX_ROWS_PER_SEAL, lock_timeout_ms: int = 100
+    engine: AsyncEngine,
+    *,
+    max_rows: int = MAX_ROWS_PER_SEAL,
+    lock_timeout_ms: int = 100,
+    signer: Signer | None = None,
 ) -> list[SealInfo]:
     """Seal everything below the current horizon, in seals of at most `max_rows` rows.
     Empty if there was nothing to seal, the journal was busy, or another process is sealing."""
@@ -178,7 +196,7 @@ async def seal_pending(
     sealed: list[SealInfo] = []
     if through is None:
         return sealed
-    while (seal := await seal_next(engine, through, max_rows=max_rows)) is not None:
+    while (seal := await seal_next(engine, through, max_rows=max_rows, signer=signer)) is not None:
         sealed.append(seal)
         if seal.last_position >= through:
             break

@@ -12,7 +12,15 @@ Kinds of problem, each with the position or seal it is about:
 - `unconfirmed_prune`: a pruned row belongs to an event Paxos never confirmed as a test
   event (the journal holds no `test_confirmation` for it): a real event was removed;
 - `unsealed_backlog`: rows older than the threshold are still unsealed (the sealer is not
-  running, or is stuck).
+  running, or is stuck);
+- `bad_signature`: a signed seal's signature does not verify with the public key of its key
+  id (the seal, its hash or its signature was altered), or a seal after a signed one is
+  unsigned (its signature was removed, or a process seals without AUDIT_SIGNING_KEY);
+- `unknown_key`: a seal is signed by a key that is neither in AUDIT_PUBLIC_KEYS nor the
+  signing key's own. Unsigned seals before the first signed one are valid;
+- `anchor_mismatch` / `anchor_missing`: the anchors written outside the database
+  (AUDIT_ANCHOR_URL, service/store/audit/anchors.py) disagree with the seals, or the chain
+  ends before the newest of them.
 
 Deleting the newest seals leaves a consistent, shorter chain: record the head hash outside the
 database (`paxos-events verify --head`) and pass it back as `expect_head` to catch that.
@@ -30,16 +38,21 @@ statement and so holds no transaction id: it holds back no gap-safe reader.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.domain.signing import check_signature, trusted_keys
 from service.settings import Settings
+from service.store.audit.anchors import check_anchors
 from service.store.audit.canonical import GENESIS_HASH, ROW_HASH_SQL, seal_hash, unpack_rows
+from service.store.audit.sinks import sink_for
 from service.store.tables import TEST_CONFIRMATION
 
 PROBLEM_KINDS = (
@@ -49,6 +62,10 @@ PROBLEM_KINDS = (
     "broken_link",
     "unconfirmed_prune",
     "unsealed_backlog",
+    "bad_signature",
+    "unknown_key",
+    "anchor_mismatch",
+    "anchor_missing",
 )
 _SEALS_PER_QUERY = 16
 _MAX_LISTED_BELOW_FIRST = 1000
@@ -114,6 +131,8 @@ async def verify(
     expect_head: str | None = None,
     record: bool = True,
     reuse_s: float | None = None,
+    keys: Mapping[str, Ed25519PublicKey] | None = None,
+    anchors: Sequence[str] | None = None,
 ) -> VerifyReport:
     """Check the whole chain against the journal; record the run unless `record` is false.
 
@@ -121,15 +140,26 @@ async def verify(
     AUDIT_MAX_UNSEALED_AGE_S). `expect_head`: a seal hash recorded earlier, which must still
     be in the chain. Waits for a verification under way elsewhere; with `reuse_s`, a run
     recorded less than that many seconds ago is answered instead of a new one.
+
+    `keys`: the trusted public keys by key id; by default, with the settings, those of
+    AUDIT_PUBLIC_KEYS and AUDIT_SIGNING_KEY (ValueError naming the setting if a file is bad),
+    else none (every signed seal is then `unknown_key`).
     """
     max_age_s = threshold.audit_max_unsealed_age_s if isinstance(threshold, Settings) else threshold
+    if keys is None:
+        keys = (
+            trusted_keys(threshold.audit_signing_key, threshold.audit_public_keys)
+            if isinstance(threshold, Settings)
+            else {}
+        )
     async with engine.connect() as lock, lock.begin():
         await lock.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": VERIFY_LOCK})
         if reuse_s is not None:
             recent = await recent_report(lock, reuse_s)
             if recent is not None:
                 return recent
-        report = await _check(engine, max_age_s, expect_head)
+        report = await _check(engine, max_age_s, expect_head, keys)
+        report = await _with_anchors(engine, report, threshold, anchors)
         if record:
             # In the lock's transaction: whoever waited for this run sees it recorded.
             ran_at = await lock.scalar(
@@ -153,9 +183,14 @@ async def verify(
     return report
 
 
-async def _check(engine: AsyncEngine, max_age_s: float, expect_head: str | None) -> VerifyReport:
+async def _check(
+    engine: AsyncEngine,
+    max_age_s: float,
+    expect_head: str | None,
+    keys: Mapping[str, Ed25519PublicKey],
+) -> VerifyReport:
     """The verification itself, in short read transactions of its own."""
-    checker = _Checker()
+    checker = _Checker(keys)
     async with engine.connect() as conn:
         async for seals in _seal_batches(conn):
             for seal in seals:
@@ -232,6 +267,8 @@ class _Seal:
     rows_digest: bytes
     prev_hash: bytes
     hash: bytes
+    key_id: str | None = None
+    signature: bytes | None = None
 
 
 async def _seal_batches(conn: AsyncConnection) -> Any:
@@ -242,7 +279,7 @@ async def _seal_batches(conn: AsyncConnection) -> Any:
             await conn.execute(
                 text(
                     "SELECT seal_id, first_position, last_position, row_count, rows_digest, "
-                    "prev_hash, hash FROM seals "
+                    "prev_hash, hash, key_id, signature FROM seals "
                     "WHERE CAST(:after AS bigint) IS NULL OR seal_id > :after "
                     "ORDER BY seal_id LIMIT :n"
                 ),
@@ -260,6 +297,8 @@ async def _seal_batches(conn: AsyncConnection) -> Any:
                 bytes(r.rows_digest),
                 bytes(r.prev_hash),
                 bytes(r.hash),
+                r.key_id,
+                bytes(r.signature) if r.signature is not None else None,
             )
             for r in rows
         ]
@@ -267,7 +306,9 @@ async def _seal_batches(conn: AsyncConnection) -> Any:
 
 
 class _Checker:
-    def __init__(self) -> None:
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+        self.keys = keys
+        self.first_signed: int | None = None
         self.problems: list[Problem] = []
         self.rows_checked = 0
         self.prev_id: int | None = None
@@ -279,6 +320,7 @@ class _Checker:
 
     async def check_seal(self, conn: AsyncConnection, seal: _Seal) -> None:
         self._check_link(seal)
+        self._check_signature(seal)
         try:
             sealed = list(unpack_rows(seal.rows_digest))
         except ValueError as exc:
@@ -322,6 +364,36 @@ class _Checker:
             details.append("its hash does not match its own contents (the seal was altered)")
         if details:
             self._broken(seal, "; ".join(details))
+
+    def _check_signature(self, seal: _Seal) -> None:
+        if seal.signature is None or seal.key_id is None:
+            if self.first_signed is not None:
+                self.problems.append(
+                    Problem(
+                        "bad_signature",
+                        f"seal {seal.seal_id} is unsigned, but seal {self.first_signed} and "
+                        "later ones were signed: its signature was removed, or it was sealed "
+                        "without AUDIT_SIGNING_KEY",
+                        seal_id=seal.seal_id,
+                    )
+                )
+            return
+        if self.first_signed is None:
+            self.first_signed = seal.seal_id
+        kind = check_signature(self.keys, seal.key_id, seal.signature, seal.hash)
+        if kind == "unknown_key":
+            detail = (
+                f"seal {seal.seal_id} is signed by key {seal.key_id}, which is neither in "
+                "AUDIT_PUBLIC_KEYS nor the signing key"
+            )
+        elif kind == "bad_signature":
+            detail = (
+                f"seal {seal.seal_id}'s signature does not verify with key {seal.key_id}: the "
+                "seal or its signature was altered"
+            )
+        else:
+            return
+        self.problems.append(Problem(kind, detail, seal_id=seal.seal_id))
 
     def _broken(self, seal: _Seal, detail: str) -> None:
         self.problems.append(
@@ -448,3 +520,35 @@ class _Checker:
                     position=row.first,
                 )
             )
+
+
+async def _with_anchors(
+    engine: AsyncEngine,
+    report: VerifyReport,
+    settings: Settings | float,
+    urls: Sequence[str] | None,
+) -> VerifyReport:
+    """The report with the anchors' problems added: those of `urls`, by default (with the
+    settings) AUDIT_ANCHOR_URL's; none without sinks."""
+    configured = settings if isinstance(settings, Settings) else None
+    if urls is None:
+        urls = configured.audit_anchor_url if configured is not None else ()
+    if not urls:
+        return report
+    sinks = [
+        sink_for(
+            url,
+            s3_endpoint=configured.audit_anchor_s3_endpoint if configured else None,
+            retain_days=None,
+        )
+        for url in urls
+    ]
+    async with engine.connect() as conn:
+        found = await check_anchors(conn, sinks)
+        await conn.commit()
+    if not found:
+        return report
+    problems = report.problems + tuple(
+        Problem(kind, detail, seal_id=seal_id) for kind, detail, seal_id in found
+    )
+    return replace(report, ok=False, problems=problems)
