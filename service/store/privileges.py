@@ -39,6 +39,9 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "prunes": ("SELECT",),
     "pruned_journal_rows": ("SELECT",),
     "audit_verifications": ("SELECT", "INSERT"),
+    # What the anchorer wrote outside the database: recorded, never changed; per-sink failures.
+    "audit_anchors": ("SELECT", "INSERT"),
+    "audit_anchor_sinks": ("SELECT", "INSERT", "UPDATE"),
     # Rows are updated as their fetch goes on (columns: EVENTS_FIXED_COLUMNS aside), never
     # deleted: that is prune's.
     "events": ("SELECT", "INSERT"),
