@@ -18,8 +18,9 @@ import msgspec
 EVENT_STATUSES = ("pending", "fetched", "failed", "not_found")
 
 
-class Event(msgspec.Struct, frozen=True):
-    """One Paxos event as the store knows it: the notification, its delivery and fetch state."""
+class EventFields(msgspec.Struct, frozen=True):
+    """Every field of an `Event` but its `detail`: shared with the feed's variant of it, whose
+    detail is the stored JSON text (service/store/feed.py)."""
 
     id: uuid.UUID
     type: str
@@ -38,6 +39,11 @@ class Event(msgspec.Struct, frozen=True):
     identity_id: str | None
     object_type: str | None
     undelivered_webhooks: int | None
+
+
+class Event(EventFields, frozen=True):
+    """One Paxos event as the store knows it: the notification, its delivery and fetch state."""
+
     detail: dict[str, Any] | None
 
 

@@ -17,16 +17,14 @@ taking a lock, so neither the intake nor the fetcher ever waits for a feed reade
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import msgspec
 from sqlalchemy import Label
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.domain.stored import Event
+from service.domain.stored import Event, EventFields
 from service.store.events import EVENT_COLUMNS
 
 # How many journal rows one read may look at, per item asked for: a reader whose filters drop
@@ -124,28 +122,11 @@ class FeedFilter:
     is_test: bool | None = None
 
 
-class FeedEvent(msgspec.Struct, frozen=True):
+class FeedEvent(EventFields, frozen=True):
     """An `Event` whose `detail` is the stored JSON text, passed on undecoded: a page of the
     feed is mostly details, and decoding them to re-encode them was a quarter of its cost.
     Encoded, it is the same JSON value as the `Event` (whitespace aside)."""
 
-    id: uuid.UUID
-    type: str
-    source: str
-    time: datetime
-    object: str
-    is_test: bool
-    status: str
-    via: str
-    deliveries: int
-    first_received_at: datetime | None
-    last_received_at: datetime | None
-    fetched_at: datetime | None
-    attempts: int
-    last_error: str | None
-    identity_id: str | None
-    object_type: str | None
-    undelivered_webhooks: int | None
     detail: msgspec.Raw | None
 
 
