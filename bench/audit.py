@@ -31,15 +31,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench import export
-from bench.database import kept_or_recreated, server_url
+from bench.database import kept_or_recreated, load_events, server_url
 from service.audit.anchoring import Anchorer
-from service.db.engine import create_engine, plain_url
+from service.db.engine import create_engine
 from service.domain.signing import Signer
 from service.store.audit.seals import horizon, seal_next, seal_pending
 from service.store.audit.sinks import sink_for
@@ -49,17 +48,6 @@ DATABASE = "bench_audit"
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 1.2
 ROUNDS = 2
-
-
-async def load(url: str, events: int) -> None:
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        for lo in range(1, events + 1, export.CHUNK):
-            await conn.execute(export._LOAD, lo, min(lo + export.CHUNK - 1, events))
-            print(f"  loaded {min(lo + export.CHUNK - 1, events):,} events", flush=True)
-        await conn.execute("VACUUM ANALYZE")
-    finally:
-        await conn.close()
 
 
 async def unseal(engine: AsyncEngine) -> None:
@@ -113,7 +101,7 @@ async def main(reuse: bool, server: str, events: int) -> None:
     try:
         if not exists:
             print(f"loading {events:,} events ({2 * events:,} journal rows) ...", flush=True)
-            await load(url, events)
+            await load_events(url, export._LOAD, events, export.CHUNK)
         async with httpx.AsyncClient() as http:
             for n in range(ROUNDS):
                 with tempfile.TemporaryDirectory(prefix="anchors-") as directory:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import asyncpg
@@ -63,3 +64,32 @@ async def kept_or_recreated(admin_url: str, name: str, reuse: bool) -> tuple[str
     finally:
         await engine.dispose()
     return url, kept
+
+
+async def load_events(url: str, statement: str, events: int, chunk: int, *args: object) -> None:
+    """Generated events, fast: `statement` once per chunk with $1, $2 = the chunk's first and
+    last event number (then `args`), then VACUUM ANALYZE so the measured plans are the usual."""
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        for first in range(1, events + 1, chunk):
+            last = min(first + chunk - 1, events)
+            await conn.execute(statement, first, last, *args)
+            print(f"  loaded {last:,} events", flush=True)
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def timed_read(url: str, query: str) -> tuple[int, float]:
+    """Every row of `query` through an asyncpg cursor: how many, and in how many seconds (the
+    reference a benchmark compares its reader with)."""
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        started = time.perf_counter()
+        rows = 0
+        async with conn.transaction():
+            async for _ in conn.cursor(query, prefetch=10_000):
+                rows += 1
+        return rows, time.perf_counter() - started
+    finally:
+        await conn.close()

@@ -30,10 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from bench.database import kept_or_recreated, server_url
-from service.db.engine import create_engine, plain_url
+from bench.database import kept_or_recreated, load_events, server_url
+from service.db.engine import create_engine
 from service.store.audit.seals import seal_pending
 from service.store.audit.verify import verify
 
@@ -84,17 +82,6 @@ FROM g
 """
 
 
-async def load(url: str) -> None:
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        for lo in range(1, EVENTS + 1, CHUNK):
-            await conn.execute(_LOAD, lo, lo + CHUNK - 1)
-            print(f"  loaded {lo + CHUNK - 1:,} events", flush=True)
-        await conn.execute("VACUUM ANALYZE")
-    finally:
-        await conn.close()
-
-
 def run_export(url: str) -> dict[str, Any]:
     """The CLI export to a pipe, counted as it streams; its peak RSS from the kernel."""
     env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "warning"}
@@ -134,7 +121,7 @@ async def main(reuse: bool, server: str) -> None:
     try:
         if not exists:
             print(f"loading {EVENTS:,} events ({2 * EVENTS:,} journal rows) ...", flush=True)
-            await load(url)
+            await load_events(url, _LOAD, EVENTS, CHUNK)
             started = time.perf_counter()
             while await seal_pending(engine):
                 pass

@@ -48,7 +48,7 @@ import asyncpg
 import httpx
 import msgspec
 
-from bench.database import kept_or_recreated, server_url
+from bench.database import kept_or_recreated, load_events, server_url, timed_read
 from service.db.engine import create_engine, plain_url
 from service.db.notify import FETCHED_CHANNEL, Waker
 from service.store.listed import Listed, record_listed
@@ -127,33 +127,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
 
 
-async def load(url: str) -> None:
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        for lo in range(1, EVENTS + 1, CHUNK):
-            await conn.execute(_LOAD, lo, lo + CHUNK - 1)
-            print(f"  loaded {lo + CHUNK - 1:,} events", flush=True)
-        await conn.execute("VACUUM ANALYZE")
-    finally:
-        await conn.close()
-
-
-async def sequential_read(url: str) -> tuple[int, float]:
-    """The reference: every journal `event` row in position order, through asyncpg."""
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        started = time.perf_counter()
-        rows = 0
-        async with conn.transaction():
-            async for _ in conn.cursor(
-                "SELECT position, event_id, body FROM journal WHERE kind = 'event' "
-                "ORDER BY position",
-                prefetch=10_000,
-            ):
-                rows += 1
-        return rows, time.perf_counter() - started
-    finally:
-        await conn.close()
+# The reference: every journal `event` row in position order, with nothing done per row.
+SEQUENTIAL_READ = (
+    "SELECT position, event_id, body FROM journal WHERE kind = 'event' ORDER BY position"
+)
 
 
 def free_port() -> int:
@@ -391,9 +368,9 @@ async def main(reuse: bool, server: str) -> None:
     url, kept = await kept_or_recreated(server, DATABASE, reuse)
     if not kept:
         print(f"loading {EVENTS:,} events (notifications and full events) ...", flush=True)
-        await load(url)
+        await load_events(url, _LOAD, EVENTS, CHUNK)
     load_before = os.getloadavg()[0]
-    rows, read_s = await sequential_read(url)
+    rows, read_s = await timed_read(url, SEQUENTIAL_READ)
     logs = Path(tempfile.mkdtemp(prefix="bench-feed-"))
     with serving(url, logs, "catch-up") as serve:
         items, feed_s = await catch_up(serve)

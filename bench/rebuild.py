@@ -33,10 +33,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
-
-from bench.database import kept_or_recreated, server_url
-from service.db.engine import create_engine, plain_url
+from bench.database import kept_or_recreated, load_events, server_url, timed_read
+from service.db.engine import create_engine
 from service.projections.rebuild import rebuild
 from service.store.projections.registry import IDENTITIES
 
@@ -84,32 +82,10 @@ FROM typed
 """
 
 
-async def load(url: str) -> None:
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        for lo in range(1, EVENTS + 1, CHUNK):
-            await conn.execute(_LOAD, lo, lo + CHUNK - 1, IDENTITIES_N)
-            print(f"  loaded {lo + CHUNK - 1:,} events", flush=True)
-        await conn.execute("VACUUM ANALYZE")
-    finally:
-        await conn.close()
-
-
-async def sequential_read(url: str) -> tuple[int, float]:
-    conn = await asyncpg.connect(plain_url(url))
-    try:
-        started = time.perf_counter()
-        rows = 0
-        async with conn.transaction():
-            async for _ in conn.cursor(
-                "SELECT position, event_id, body FROM journal WHERE kind = 'event' "
-                "ORDER BY xid, position",
-                prefetch=10_000,
-            ):
-                rows += 1
-        return rows, time.perf_counter() - started
-    finally:
-        await conn.close()
+# The reference: the rebuild's own read order, with nothing done per row.
+SEQUENTIAL_READ = (
+    "SELECT position, event_id, body FROM journal WHERE kind = 'event' ORDER BY xid, position"
+)
 
 
 async def main(reuse: bool, server: str) -> None:
@@ -118,9 +94,9 @@ async def main(reuse: bool, server: str) -> None:
     try:
         if not exists:
             print(f"loading {EVENTS:,} journal events over {IDENTITIES_N:,} identities ...")
-            await load(url)
+            await load_events(url, _LOAD, EVENTS, CHUNK, IDENTITIES_N)
         load_before = os.getloadavg()[0]
-        rows, read_s = await sequential_read(url)
+        rows, read_s = await timed_read(url, SEQUENTIAL_READ)
         started = time.perf_counter()
         result = await rebuild(engine, IDENTITIES)
         rebuild_s = time.perf_counter() - started
