@@ -5,13 +5,16 @@
 
 The procedure of docs/audit.md ("Verifying an export offline"), written independently of the
 service's code: exit 0 if every check passes, else 1 with one line per problem naming the line
-of the export (and the journal position) it is about; 2 on a usage error.
+of the export (and the journal position) it is about; 2 on a usage error. Anchors are read
+from a directory (`seal-*.json`); anchors kept in S3 are copied out first (docs/audit.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import calendar
+import datetime
 import hashlib
 import json
 import pathlib
@@ -51,6 +54,87 @@ def row_hash(position, event_id, kind, recorded_at, body):
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+TIME = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))"
+)
+
+
+def nanoseconds(value):
+    """An RFC 3339 time as nanoseconds since 1970 (digits past the ninth dropped), or None."""
+    m = TIME.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        return None
+    y, mo, d, h, mi, s, fraction, z, sign, oh, om = m.groups()
+    try:
+        seconds = calendar.timegm((int(y), int(mo), int(d), int(h), int(mi), int(s)))
+        datetime.date(int(y), int(mo), int(d))  # refuses February 30th
+    except ValueError:
+        return None
+    if not z:
+        shift = (int(oh) * 60 + int(om)) * 60
+        seconds -= shift if sign == "+" else -shift
+    return seconds * 10**9 + int((fraction or "0")[:9].ljust(9, "0"))
+
+
+def field_mismatches(record):
+    """docs/audit.md step 6: the event's fields against its journal rows' bodies."""
+    out = []
+
+    def parsed(kind):
+        row = record.get(kind)
+        if not isinstance(row, dict) or not isinstance(row.get("body"), str):
+            return None
+        try:
+            body = json.loads(row["body"])
+        except ValueError:
+            out.append(f"the {kind} body is not JSON")
+            return None
+        if not isinstance(body, dict):
+            out.append(f"the {kind} body is not a JSON object")
+            return None
+        return body
+
+    def same_time(a, b):
+        x, y = nanoseconds(a), nanoseconds(b)
+        return x is not None and y is not None and abs(x - y) < 1000
+
+    def same_id(said):
+        return isinstance(said, str) and said.lower().replace("-", "") == event_id.replace("-", "")
+
+    event_id = record["event_id"]  # canonical: checked before
+    note, full = parsed("notification"), parsed("event")
+    for kind, body in (("notification", note), ("event", full)):
+        if body is not None and not same_id(body.get("id")):
+            out.append(f"event_id {event_id}: the {kind} says {body.get('id')!r}")
+    # type: the full event's once fetched, else the notification's.
+    said_by = ("event", full) if full is not None else ("notification", note)
+    if said_by[1] is not None and record.get("type") != said_by[1].get("type"):
+        out.append(f"type {record.get('type')!r}: the {said_by[0]} says {said_by[1].get('type')!r}")
+    for field, fixed in (("source", "com.paxos"), ("object", "event")):
+        value = note.get(field) if note is not None else fixed
+        if record.get(field) != value:
+            out.append(f"{field} {record.get(field)!r}: expected {value!r}")
+    # time: the notification's time or the full event's created_at.
+    times = ([note.get("time")] if note is not None else []) + (
+        [full.get("created_at")] if full is not None else []
+    )
+    if times and not any(same_time(record.get("time"), t) for t in times):
+        out.append(f"time {record.get('time')!r}: the rows say {times!r}")
+    # is_test: the notification's (absent: false) or, once fetched, Paxos's word.
+    confirmed = record.get("test_confirmation") is not None
+    flags = ([note.get("is_test", False)] if note is not None else []) + (
+        [confirmed] if full is not None else []
+    )
+    if flags and not any(record.get("is_test") is flag for flag in flags):
+        out.append(f"is_test {record.get('is_test')!r}: the rows say {flags!r}")
+    if (record.get("confirmed_is_test") is True) != confirmed:
+        out.append(
+            f"confirmed_is_test {record.get('confirmed_is_test')!r}: "
+            "the test_confirmation row disagrees"
+        )
+    return out
+
+
 def check_anchors(url, heads, line, problem):
     parts = urllib.parse.urlsplit(url)
     directory = pathlib.Path(urllib.parse.unquote(parts.path))
@@ -58,7 +142,7 @@ def check_anchors(url, heads, line, problem):
         problem("malformed", None, f"--anchors {url}: not file:///dir of an existing directory")
         return
     anchored = []
-    for path in sorted(directory.glob("*.json")):
+    for path in sorted(directory.glob("seal-*.json")):
         try:
             doc = json.loads(path.read_bytes())
             seal_id = int(doc["seal_id"])
@@ -149,6 +233,8 @@ def main(argv=None):
                         row["position"],
                     )
                 rows.append((number, row["position"], digest))
+            for detail in field_mismatches(record):
+                problem("changed_field", number, detail)
     if trailer is None:
         problem("malformed", None, "no trailer: the export was cut short")
     else:

@@ -24,6 +24,7 @@ from service.db.outages import STORE_ERRORS, Outage
 from service.domain.anchor import Anchor
 from service.settings import Settings
 from service.store.audit.anchors import (
+    TSA_SINK,
     head_seal,
     last_anchored,
     record_anchor,
@@ -34,8 +35,6 @@ from service.store.audit.sinks import Sink, sink_for
 from service.telemetry.metrics import AUDIT_ANCHOR_FAILURES
 
 log = structlog.get_logger(__name__)
-
-TSA_SINK = "tsa"  # the failure label of the timestamp authority
 
 
 def sinks_of(settings: Settings) -> list[Sink]:
@@ -165,6 +164,8 @@ class Anchorer:
             # Recorded after every write: until now the transaction wrote nothing (no xid).
             for url in written:
                 await record_anchor(conn, url, anchor)
+            if token is not None:  # the TSA answered: its success, its failures cleared
+                await record_anchor(conn, TSA_SINK, anchor)
             for url, error in failed.items():
                 await record_failure(conn, url, error)
         if written:

@@ -7,8 +7,10 @@ event_id, kind, recorded_at, body) and must match both its `row_hash` and the en
 position in the `rows_digest` of the trailer's covering seal; every covering seal's hash is
 recomputed from its contents, consecutive seals must chain, and each seal must carry a valid
 Ed25519 signature by one of the given public keys. With anchors (documents of seal heads kept
-outside the database), every covering seal that was anchored must match its anchor, and at
-least one must have been. Each problem names the line (and the row's position) it is about.
+outside the database, read back by service/audit/offline_anchors.py through the sinks
+`verify` reads), every covering seal that was anchored must match each of its anchors,
+and at least one must have been. Each problem names the line (and the row's position) it is
+about.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from service.audit.exported_fields import field_problems
+from service.domain.anchor import Anchor
 from service.domain.signing import check_signature
 
 ROW_KINDS = ("notification", "event", "test_confirmation")
@@ -59,18 +63,6 @@ class OfflineReport:
 
 
 @dataclass(frozen=True, slots=True)
-class AnchoredSeal:
-    """What an anchor document says of one seal (docs/audit.md)."""
-
-    seal_id: int
-    first_position: int
-    last_position: int
-    seal_hash: str
-    signature: str | None
-    key_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class _Row:
     line: int
     position: int
@@ -97,7 +89,7 @@ def row_hash_text(position: int, event_id: str, kind: str, recorded_at: str, bod
 def verify_export(
     lines: Iterable[bytes],
     keys: Mapping[str, Ed25519PublicKey],
-    anchors: Sequence[AnchoredSeal] | None = None,
+    anchors: Sequence[Anchor] | None = None,
 ) -> OfflineReport:
     """Check an export (its lines, in order) alone against the trusted public keys, and its
     covering seals against `anchors` if given."""
@@ -144,26 +136,29 @@ def verify_export(
 def _check_anchors(
     line: int,
     seals: list[_Seal],
-    anchors: Sequence[AnchoredSeal],
+    anchors: Sequence[Anchor],
     problems: list[OfflineProblem],
 ) -> None:
-    by_id = {a.seal_id: a for a in anchors}
+    by_id: dict[int, list[Anchor]] = {}
+    for a in anchors:
+        by_id.setdefault(a.seal_id, []).append(a)
     anchored = 0
     for seal in seals:
-        anchor = by_id.get(seal.seal_id)
-        if anchor is None:
+        held = by_id.get(seal.seal_id)
+        if not held:
             continue
         anchored += 1
+        # Every sink's anchor of the seal must agree with it (several sinks: each is checked).
         differs = [
             name
             for name, ours, theirs in (
-                ("seal_hash", seal.hash_hex, anchor.seal_hash),
-                ("first_position", seal.first, anchor.first_position),
-                ("last_position", seal.last, anchor.last_position),
-                ("signature", seal.signature, anchor.signature),
-                ("key_id", seal.key_id, anchor.key_id),
+                ("seal_hash", seal.hash_hex, {a.seal_hash for a in held}),
+                ("first_position", seal.first, {a.first_position for a in held}),
+                ("last_position", seal.last, {a.last_position for a in held}),
+                ("signature", seal.signature, {a.signature for a in held}),
+                ("key_id", seal.key_id, {a.key_id for a in held}),
             )
-            if ours != theirs
+            if theirs != {ours}
         ]
         if differs:
             problems.append(
@@ -227,6 +222,10 @@ def _event_rows(number: int, record: dict[str, Any], problems: list[OfflineProbl
                 )
             )
         found.append(_Row(number, position, digest))
+    problems += [
+        OfflineProblem("changed_field", number, f"event {event_id}: {detail}")
+        for detail in field_problems(record)
+    ]
     return found
 
 

@@ -3,21 +3,15 @@ written with Object Lock retention in COMPLIANCE mode; deleting a locked version
 over an anchor, is refused by the server; verify reads the anchors back.
 
 moto enforces: the refusal of DeleteObject of a locked version (with or without
-BypassGovernanceRetention) and If-None-Match on PutObject. It does not refuse turning a
-COMPLIANCE retention into GOVERNANCE (real S3 does), so that is not tested here; the
-recorded mode and retain-until date are."""
+BypassGovernanceRetention) and If-None-Match on PutObject. It does not refuse shortening a
+COMPLIANCE retention or turning it into GOVERNANCE (real S3 does): the last test pins that
+limit (docs/audit.md "Testing limits"); the recorded mode and retain-until date are tested."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,58 +27,20 @@ from service.store.audit.seals import seal_pending
 from service.store.audit.sinks import S3Sink, sink_for
 from service.store.audit.verify import verify
 from tests.support.audit import add_events, tamper
-
-MOTO = Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "bin" / "moto_server"
-BUCKET = "paxos-anchors"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.s3 import AWS_ENV, BUCKET, locked_bucket, moto_server
 
 
 @pytest.fixture
 def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    binary = str(MOTO) if MOTO.exists() else shutil.which("moto_server")
-    if binary is None:
-        pytest.skip("moto_server is not installed (pip install 'moto[server]': the dev extra)")
-    port = _free_port()
-    server = subprocess.Popen(  # noqa: S603 - the dev extra's own server
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(endpoint, timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
-        for name, value in (
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_DEFAULT_REGION", "us-east-1"),
-        ):
+    with moto_server() as endpoint:
+        for name, value in AWS_ENV.items():
             monkeypatch.setenv(name, value)
         yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture
 def s3(s3_endpoint: str) -> Any:
-    import boto3  # type: ignore[import-untyped]
-
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
-    return client
+    return locked_bucket(s3_endpoint)
 
 
 @pytest.fixture
@@ -144,3 +100,40 @@ async def test_an_unreachable_bucket_is_a_counted_failure(
         (status,) = await sink_status(conn, [url])
     assert (status.seal_id, status.failures) == (None, 1)
     assert status.last_error is not None and "NoSuchBucket" in status.last_error
+
+
+async def test_moto_does_not_refuse_changing_a_compliance_retention(s3: Any) -> None:
+    """A testing limit (docs/audit.md "Testing limits"), pinned rather than assumed: AWS S3
+    refuses to shorten a COMPLIANCE retention or turn it into GOVERNANCE; moto accepts both.
+    When this fails, moto enforces it: turn it into a test of the refusal."""
+    key = "limits/seal-000000000001.json"
+    until = datetime.now(UTC) + timedelta(days=30)
+    version = s3.put_object(
+        Bucket=BUCKET,
+        Key=key,
+        Body=b"{}",
+        ObjectLockMode="COMPLIANCE",
+        ObjectLockRetainUntilDate=until,
+    )["VersionId"]
+    shorter = until - timedelta(days=20)
+    s3.put_object_retention(
+        Bucket=BUCKET,
+        Key=key,
+        VersionId=version,
+        Retention={"Mode": "COMPLIANCE", "RetainUntilDate": shorter},
+    )
+    meta = s3.head_object(Bucket=BUCKET, Key=key, VersionId=version)
+    assert meta["ObjectLockRetainUntilDate"] < until - timedelta(days=19)  # shortened
+    s3.put_object_retention(
+        Bucket=BUCKET,
+        Key=key,
+        VersionId=version,
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until},
+    )
+    assert s3.head_object(Bucket=BUCKET, Key=key, VersionId=version)["ObjectLockMode"] == (
+        "GOVERNANCE"
+    )
+    # The lock still refuses a plain delete; with the governance bypass the version goes.
+    with pytest.raises(ClientError):
+        s3.delete_object(Bucket=BUCKET, Key=key, VersionId=version)
+    s3.delete_object(Bucket=BUCKET, Key=key, VersionId=version, BypassGovernanceRetention=True)

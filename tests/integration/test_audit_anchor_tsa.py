@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -26,38 +23,9 @@ from service.store.audit.seals import head, seal_pending
 from service.store.audit.sinks import sink_for
 from service.telemetry.metrics import AUDIT_ANCHOR_FAILURES
 from tests.support.audit import add_events
+from tests.support.tsa import OPENSSL, make_tsa, openssl, tsa_server
 
-OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
-
-TSA_CONFIG = """
-[ tsa ]
-default_tsa = test_tsa
-[ test_tsa ]
-dir = {dir}
-serial = $dir/serial
-crypto_device = builtin
-signer_cert = $dir/tsa.crt
-certs = $dir/tsa.crt
-signer_key = $dir/tsa.key
-signer_digest = sha256
-default_policy = 1.2.3.4.1
-digests = sha256
-accuracy = secs:1
-ordering = yes
-tsa_name = no
-ess_cert_id_chain = no
-ess_cert_id_alg = sha256
-"""
-
-
-def _openssl(*args: str, cwd: Path, data: bytes | None = None) -> bytes:
-    assert OPENSSL is not None
-    done = subprocess.run(  # noqa: S603 - the machine's openssl
-        [OPENSSL, *args], cwd=cwd, input=data, capture_output=True, check=False, timeout=30
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    return done.stdout
 
 
 def _exists(path: Path) -> bool:
@@ -67,56 +35,14 @@ def _exists(path: Path) -> bool:
 @pytest.fixture
 def tsa_dir(tmp_path: Path) -> Path:
     """A test CA and a TSA certificate it issued (extendedKeyUsage critical,timeStamping)."""
-    d = tmp_path / "tsa"
-    d.mkdir()
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=Test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)  # fmt: skip
-    _openssl("req", *ec, "-keyout", "tsa.key", "-out", "tsa.csr", "-subj", "/CN=Test TSA",
-             cwd=d)  # fmt: skip
-    (d / "ext.cnf").write_text(
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=critical,timeStamping\n"
-    )
-    _openssl("x509", "-req", "-in", "tsa.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "tsa.crt", "-days", "2", "-extfile", "ext.cnf",
-             cwd=d)  # fmt: skip
-    (d / "serial").write_text("01\n")
-    (d / "tsa.cnf").write_text(TSA_CONFIG.format(dir=d))
-    return d
+    return make_tsa(tmp_path / "tsa")
 
 
 @pytest.fixture
 def tsa_url(tsa_dir: Path) -> Iterator[str]:
     """The TSA over HTTP on loopback: each POSTed query answered by `openssl ts -reply`."""
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            query = self.rfile.read(int(self.headers["Content-Length"]))
-            with lock:  # one reply at a time: they share the serial file
-                (tsa_dir / "req.tsq").write_bytes(query)
-                _openssl("ts", "-reply", "-config", "tsa.cnf", "-queryfile", "req.tsq",
-                         "-out", "resp.tsr", cwd=tsa_dir)  # fmt: skip
-                reply = (tsa_dir / "resp.tsr").read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/timestamp-reply")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/tsa"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with tsa_server(tsa_dir) as url:
+        yield url
 
 
 @pytest.fixture
@@ -128,7 +54,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 def test_the_request_is_what_openssl_reads(tsa_dir: Path) -> None:
     digest = bytes(range(32))
     (tsa_dir / "mine.tsq").write_bytes(timestamp_request(digest, 12345))
-    shown = _openssl("ts", "-query", "-in", "mine.tsq", "-text", cwd=tsa_dir).decode()
+    shown = openssl("ts", "-query", "-in", "mine.tsq", "-text", cwd=tsa_dir).decode()
     assert "Hash Algorithm: sha256" in shown
     assert "Nonce: 0x3039" in shown
     assert "Certificate required: yes" in shown
@@ -149,8 +75,8 @@ async def test_the_anchors_token_verifies_over_the_seal_hash(
     doc = json.loads((tmp_path / "anchors" / anchor_name(1)).read_bytes())
     assert doc["timestamp_token"] is not None
     (tsa_dir / "anchor.tsr").write_bytes(base64.b64decode(doc["timestamp_token"]))
-    verified = _openssl("ts", "-verify", "-digest", newest.hash_hex, "-in", "anchor.tsr",
-                        "-CAfile", "ca.crt", "-untrusted", "tsa.crt", cwd=tsa_dir)  # fmt: skip
+    verified = openssl("ts", "-verify", "-digest", newest.hash_hex, "-in", "anchor.tsr",
+                       "-CAfile", "ca.crt", "-untrusted", "tsa.crt", cwd=tsa_dir)  # fmt: skip
     assert b"Verification: OK" in verified
     # Over another hash, the same token fails.
     assert OPENSSL is not None

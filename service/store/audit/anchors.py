@@ -20,6 +20,9 @@ from service.domain.anchor import Anchor
 from service.store.audit.sinks import Sink
 
 ANCHOR_LOCK = 0x7061786F735F616E  # "paxos_an"
+# The RFC 3161 timestamp authority (AUDIT_TSA_URL) among the sinks: its failures, and each
+# seal it timestamped (as an anchor "written" to it: the console's last success).
+TSA_SINK = "tsa"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,8 @@ async def last_anchored(conn: AsyncConnection) -> dict[str, tuple[int, datetime]
 
 
 async def record_anchor(conn: AsyncConnection, sink: str, anchor: Anchor) -> None:
-    """Record `anchor` as written to `sink`, and clear the sink's failures."""
+    """Record `anchor` as written to `sink` (or, for TSA_SINK, its seal as timestamped), and
+    clear the sink's failures. A seal recorded before keeps its first time."""
     await conn.execute(
         text(
             "INSERT INTO audit_anchors (sink, seal_id, seal_hash, name) "
