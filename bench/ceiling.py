@@ -1,11 +1,12 @@
 """The intake's ceiling: the webhook path with everything but the store, for `bench.ingest`.
 
-This is the service's own `POST /webhooks/paxos` handler (API-key authentication, content-type
-check, bounded body read, `decode_notification`, the JSON answer) served by the same uvicorn
-setup as `paxos-events serve` (one worker, uvloop and httptools when installed, no access
-log), but with a committer that stores nothing and answers every notification "accepted" at
-once. Its requests per second are the most the full path could reach if a durable commit
-cost nothing; `bench.ingest` divides the real server's rate by this one.
+This is the service's own `POST /webhooks/paxos` (`IntakeApp` and its `IntakeEndpoint`:
+the failed-authentication throttle, API-key authentication, content-type check, bounded body
+read, `decode_notification`, the JSON answer) served by the same uvicorn setup as
+`paxos-events serve` (one worker, uvloop and httptools when installed, no access log), but
+with a committer that stores nothing and answers every notification "accepted" at once. Its
+requests per second are the most the full path could reach if a durable commit cost nothing;
+`bench.ingest` divides the real server's rate by this one.
 
 It is a bench-only app, never a route of the service:
 
@@ -25,6 +26,7 @@ from litestar.datastructures import State
 from service.domain.notification import Notification
 from service.intake.auth import ApiKeyAuthenticator
 from service.intake.controller import webhook_handler
+from service.intake.endpoint import IntakeApp, IntakeEndpoint
 from service.settings import Settings
 from service.telemetry.logs import configure
 from service.web.problems import EXCEPTION_HANDLERS
@@ -41,7 +43,13 @@ class NullCommitter:
 
 def create_ceiling_app(settings: Settings) -> Litestar:
     """The intake route exactly as `create_app` mounts it, with `NullCommitter` behind it."""
-    return Litestar(
+    throttle = FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_s)
+
+    def intake(state: State) -> IntakeEndpoint:
+        return IntakeEndpoint(state, throttle, settings.webhook_max_body_bytes)
+
+    return IntakeApp(
+        intake=intake,
         route_handlers=[webhook_handler(settings.webhook_max_body_bytes)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         logging_config=None,  # as in create_app
@@ -56,11 +64,7 @@ def create_ceiling_app(settings: Settings) -> Litestar:
         ),
         debug=False,
         # As in create_app: the failed-authentication throttle wraps the intake.
-        middleware=[
-            throttle_middleware(
-                FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_s)
-            )
-        ],
+        middleware=[throttle_middleware(throttle)],
     )
 
 

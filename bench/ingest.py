@@ -1,39 +1,50 @@
-"""Webhook intake benchmark: how many Paxos notifications one `serve` process takes, durably.
+"""Webhook intake benchmark: how many Paxos notifications one `serve` process stores, and
+how that compares with the least a consumer on the same stack could do.
 
-    .venv/bin/python -m bench.ingest            # about 2 minutes; needs `wrk` on the PATH
+    .venv/bin/python -m bench.ingest            # about 4 minutes; needs `wrk` on the PATH
 
-One run starts a real `paxos-events serve` (one uvicorn worker, API-key auth, group commit)
-on a fresh, migrated database, and `bench.ceiling` (the same server and handler, storing
-nothing) next to it, then measures:
+One run starts, side by side on the same embedded PostgreSQL (a fresh database each):
 
-(a) accepted/s: 2xx answers per second from `wrk` posting notifications, each with a new
-    random id, through the full path: authentication, parsing, durable commit. Every 2xx is
-    then checked against the `events` table (stored >= 2xx, and no non-2xx answer at all).
+- `serve`: the real `paxos-events serve --no-background` (API-key auth, group commit);
+- `ref-group`: `bench.reference.group_commit`, a minimal consumer on the same stack (Litestar,
+  msgspec, asyncpg, the same key check and validation) with group commit into one table;
+- `ref-request`: `bench.reference.commit_per_request`, the same with one commit per request;
+- `ceiling`: `bench.ceiling`, the service's own intake path storing nothing;
+
+all served by the ASGI server of `serve`, and measures:
+
+(a) stored/s: `wrk` (1 thread, 64 connections) posts notifications, each with a new random
+    id, to each server in turn, ROUNDS times (the order rotates every round, so a drift of
+    the machine's load lands on every server alike); stored/s is the rows its table gained,
+    counted in the database, per second of the run. Medians and the spread (min-max) of the
+    rounds. Targets: serve >= 0.9x ref-group and >= 2x ref-request (medians). Every 2xx must
+    be stored, and no answer may be non-2xx. "Server CPU per stored webhook" is the server
+    process group's own CPU time (/proc/<pid>/stat) divided by what it stored: where the
+    ratio goes even when the machine is not quiet.
 (b) ceiling/s: the same load against `bench.ceiling`: what the path costs without the store.
-(c) ratio a/b: the share of the ceiling the durable path keeps. Target >= 0.8: the store
-    (one commit per batch, shared by everything queued while the previous one ran) should
-    cost at most a fifth of the server's time.
-(d) duplicates/s: the same notification over and over (Paxos retrying), against the real
-    server; each answer is "duplicate" and bumps a counter on one row.
+(c) ratio serve/ceiling (target >= 0.8): the share of the ceiling the durable path keeps.
+(d) duplicates/s: the same notification over and over (Paxos retrying), against serve;
+    each answer is "duplicate" and bumps a counter on one row.
 (e) p50 / p99 latency at a steady 100 requests/s (new ids), measured by a paced open-loop
     client from each request's *scheduled* send time, so a slow answer cannot hide the
     requests queued behind it (no coordinated omission). Target p99 <= 10 ms. It runs
     first, so the saturation runs' aftermath (autovacuum, dirty buffers) does not land in it.
 
-How to read the figures: (a) and (b) are saturation rates on this machine, with `wrk`,
-the server and Postgres sharing its cores, so they say more about each other (the ratio)
-than about a deployment. "CPU per request" is the server process's own CPU time divided by
-its answers: it shows where the ratio goes even when the machine is not quiet (a server
-waiting on Postgres has idle time that throughput alone hides). "notifications per commit"
-comes from the journal's transaction ids: how much group commit shared during (a). (e) is
-what Paxos sees at a realistic rate: one notification per commit, so its p50 is one HTTP
-exchange plus one commit. The "cpu per phase" line says how busy the whole machine was and
-how much of that was other work; figures measured beside other work understate the service
-(a warning says so), and only a quiet machine gives figures worth publishing.
+`--contenders` picks other servers for the same rounds, e.g. `serve@granian`,
+`serve@uvicorn-h11` (the service's app under another ASGI server: bench.reference.serving),
+`ref-group@granian`. `--hold` keeps the servers up after the run (to attach py-spy).
 
-Results go to stdout as a table and to bench/results/ingest.json. The database is the
-embedded server under .data/bench unless BENCH_DATABASE_URL names another server (a
-database `bench_ingest` is created on it, and dropped at the end).
+How to read the figures: these are saturation rates on this machine, with `wrk`, the servers
+and Postgres sharing its cores, so they say more about each other (the ratios) than about a
+deployment. "notifications per commit" comes from the journal's transaction ids: how much
+group commit shared during (a). The "cpu per phase" line says how busy the whole machine was
+and how much of that was other work; figures measured beside other work understate the
+servers (a warning says so), and only a quiet machine gives figures worth publishing.
+
+Results go to stdout as a table and to bench/results/ingest.json. The databases are on the
+embedded server under .data/bench unless BENCH_DATABASE_URL names another server (databases
+`bench_ingest`, `bench_ref_group`, `bench_ref_request` are created on it, and dropped at the
+end).
 """
 
 from __future__ import annotations
@@ -71,12 +82,18 @@ ROOT = Path(__file__).resolve().parent.parent
 WRK_DIR = ROOT / "bench" / "wrk"
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 BENCH_DATABASE = "bench_ingest"
+# The reference consumers' databases: one table each (bench.reference.common.TABLE).
+REFERENCE_DATABASES = {"ref-group": "bench_ref_group", "ref-request": "bench_ref_request"}
+DATABASES = (BENCH_DATABASE, *REFERENCE_DATABASES.values())
 API_KEY = "bench-api-key-00001"
 API_KEY_HEADER = "X-Api-Key"
 READ_TOKEN = "bench-read-token"
 INTAKE_PATH = "/webhooks/paxos"
 
 TARGET_RATIO = 0.8
+# Issue #20: the service against the references, stored/s medians of one run.
+TARGET_VS_GROUP = 0.9
+TARGET_VS_REQUEST = 2.0
 TARGET_P99_MS = 10.0
 # DESIGN.md §6: one process must take everything Paxos sends, 10 webhooks x 100/s.
 TARGET_ACCEPTED = 1000.0
@@ -163,7 +180,8 @@ class MachineWatch:
 
         A client backend's title names its database ("postgres: user db [local] idle"), and
         another database's backends on the same server (bench.query shares .data/bench) are
-        other work. The server's own helpers (walwriter, checkpointer, ...) count as ours.
+        other work; the reference consumers' databases are ours. The server's own helpers
+        (walwriter, checkpointer, ...) count as ours.
         """
         try:
             title = Path(proc, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -171,9 +189,9 @@ class MachineWatch:
             return False
         words = title.split()
         if len(words) >= 4 and (words[3] == "[local]" or "(" in words[3]):
-            return words[2] == BENCH_DATABASE
+            return words[2] in DATABASES
         if "autovacuum worker" in title:
-            return BENCH_DATABASE in title or len(words) <= 3
+            return any(name in title for name in DATABASES) or len(words) <= 3
         return True
 
     def _children(self) -> float:
@@ -208,8 +226,16 @@ class MachineWatch:
 
 
 async def recreate_database(admin_url: str) -> dict[str, str]:
-    """Drop and create the bench database, migrate it, and return the server's settings."""
+    """Drop and create the bench databases (the service's migrated, the references' empty:
+    each creates its table), and return the server's settings."""
     await database.recreate(admin_url, BENCH_DATABASE)
+    admin = await asyncpg.connect(plain_url(with_database(admin_url, "postgres")))
+    try:
+        for name in REFERENCE_DATABASES.values():
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
     conn = await asyncpg.connect(plain_url(with_database(admin_url, BENCH_DATABASE)))
     try:
         rows = await conn.fetch(
@@ -231,7 +257,30 @@ async def recreate_database(admin_url: str) -> dict[str, str]:
 
 
 async def drop_database(admin_url: str) -> None:
-    await database.drop(admin_url, BENCH_DATABASE)
+    for name in DATABASES:
+        await database.drop(admin_url, name)
+
+
+async def stored_rows(url: str, table: str) -> int:
+    """Rows in `table` (the service's `events`, a reference's `webhooks`)."""
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608 - ours
+    finally:
+        await conn.close()
+
+
+async def settled_rows(url: str, table: str, *, quiet_s: float = 0.3, limit_s: float = 10.0) -> int:
+    """`stored_rows` once the count stops moving: requests wrk abandoned may still commit."""
+    last = await stored_rows(url, table)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(quiet_s)
+        now = await stored_rows(url, table)
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 @dataclass
@@ -337,13 +386,15 @@ class Server:
             self.process.wait(timeout=5)
 
 
-def start_server(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Server:
+def start_server(
+    name: str, argv: list[str], env: dict[str, str], logs: Path, *, cwd: Path = ROOT
+) -> Server:
     log = logs / f"{name}.log"
     port = int(env["PORT"])
     with log.open("wb") as out:
         process = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -714,72 +765,212 @@ def servers() -> Iterator[list[Server]]:
             server.stop()
 
 
+# --- the contenders -----------------------------------------------------------------------
+
+# The ASGI server `paxos-events serve` runs (service.web.serving); the references run on it too.
+SERVE_SERVER = "uvicorn"
+DEFAULT_CONTENDERS = ("serve", "ref-group", "ref-request", "ceiling")
+_TARGETS = {
+    "serve": "bench.reference.serving:service_app",
+    "baseline": "bench.reference.serving:service_app",
+    "ref-group": "bench.reference.group_commit:app_from_env",
+    "ref-request": "bench.reference.commit_per_request:app_from_env",
+    "ceiling": "bench.reference.serving:ceiling_app",
+}
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A server of the rounds: what it is, how it starts, where it stores."""
+
+    name: str  # "serve", "ref-group", "serve@granian", ...
+    argv: list[str]
+    database: str | None  # None: stores nothing (the ceiling)
+    table: str
+    ready_path: str
+    tree: Path | None = None  # another checkout's code (`--baseline`), else this one
+
+    @property
+    def kind(self) -> str:
+        return self.name.partition("@")[0]
+
+
+def contender(name: str, baseline: Path | None = None) -> Contender:
+    kind, _, server = name.partition("@")
+    if kind not in _TARGETS:
+        raise SystemExit(f"unknown contender {name!r}: one of {', '.join(_TARGETS)}[@server]")
+    if kind == "baseline" and baseline is None:
+        raise SystemExit("the baseline contender needs --baseline DIR")
+    server = server or SERVE_SERVER
+    if kind == "baseline":
+        argv = [sys.executable, "-m", "bench.reference.serving", server, _TARGETS[kind]]
+    elif kind == "serve" and server == SERVE_SERVER:
+        argv = serve_argv()  # the real command
+    elif kind == "ceiling" and server == SERVE_SERVER:
+        argv = [sys.executable, "-m", "bench.ceiling"]
+    else:
+        argv = [sys.executable, "-m", "bench.reference.serving", server, _TARGETS[kind]]
+    is_service = kind in ("serve", "baseline")
+    return Contender(
+        name=name,
+        argv=argv,
+        database=BENCH_DATABASE if is_service else REFERENCE_DATABASES.get(kind),
+        table="events" if is_service else "webhooks",
+        # Another checkout's migrations may not be the database's: it only needs to be live.
+        ready_path={"serve": "/health/ready", "baseline": "/health/live"}.get(kind, INTAKE_PATH),
+        tree=baseline if kind == "baseline" else None,
+    )
+
+
+@dataclass
+class Run:
+    """One contender's measured wrk run in one round."""
+
+    round: int
+    wrk: WrkResult
+    stored: int | None  # rows its table gained; None for the ceiling
+
+    @property
+    def stored_per_s(self) -> float:
+        done = self.wrk.ok if self.stored is None else self.stored
+        return done / self.wrk.duration_s
+
+    @property
+    def cpu_us_per_stored(self) -> float:
+        done = self.wrk.ok if self.stored is None else self.stored
+        return self.wrk.machine.server_cpu_s / done * 1e6 if done else 0.0
+
+    @property
+    def sound(self) -> bool:
+        """No non-2xx answer, no socket error, and every 2xx stored."""
+        stored_all = self.stored is None or self.stored >= self.wrk.ok
+        return self.wrk.errors["status"] == 0 and self.wrk.socket_errors == 0 and stored_all
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def spread(values: list[float], fmt: str = ",.0f") -> str:
+    """ "median (min-max)" of one figure over the rounds."""
+    if len(values) < 2:
+        return format(median(values), fmt)
+    return f"{median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
 @dataclass
 class Measured:
-    accepted: WrkResult
-    stored: int
+    names: list[str]
+    runs: dict[str, list[Run]]
     batches: dict[str, float]
-    ceiling: WrkResult
     duplicate: WrkResult
     deliveries_counted: int
     steady: Paced
+    load_before: str = ""
+    load_after: str = ""
 
-    @property
-    def ratio(self) -> float:
-        return self.accepted.ok_per_s / self.ceiling.ok_per_s if self.ceiling.ok_per_s else 0.0
+    def rate(self, name: str) -> float:
+        return median([r.stored_per_s for r in self.runs.get(name, [])])
 
-    @property
-    def cpu_ratio(self) -> float:
-        """The ratio the server's own CPU cost implies, if it had a core to itself."""
-        a = self.accepted.server_us_per_request
-        return self.ceiling.server_us_per_request / a if a else 0.0
+    def cpu(self, name: str) -> float:
+        return median([r.cpu_us_per_stored for r in self.runs.get(name, [])])
+
+    def ratio(self, a: str, b: str) -> float:
+        """Median of a/b over the rounds (each pair measured in the same round)."""
+        pairs = zip(self.runs.get(a, []), self.runs.get(b, []), strict=False)
+        return median([x.stored_per_s / y.stored_per_s for x, y in pairs if y.stored_per_s])
+
+    def ratios(self, a: str, b: str) -> list[float]:
+        pairs = zip(self.runs.get(a, []), self.runs.get(b, []), strict=False)
+        return [x.stored_per_s / y.stored_per_s for x, y in pairs if y.stored_per_s]
 
     @property
     def phases(self) -> dict[str, Usage]:
-        return {
-            "a": self.accepted.machine,
-            "b": self.ceiling.machine,
-            "d": self.duplicate.machine,
-            "e": self.steady.machine,
-        }
+        found: dict[str, Usage] = {"e": self.steady.machine}
+        for name in self.names:
+            for run in self.runs[name]:
+                found[f"{name}#{run.round}"] = run.wrk.machine
+        found["d"] = self.duplicate.machine
+        return found
 
 
-def measure(args: argparse.Namespace, watch: MachineWatch, db_url: str, logs: Path) -> Measured:
-    """Start both servers, run the phases, stop the servers."""
+def uptime() -> str:
+    return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def measure(args: argparse.Namespace, watch: MachineWatch, admin_url: str, logs: Path) -> Measured:
+    """Start every contender, run the phases, stop them."""
     load = Load(args.threads, args.connections, args.warmup, args.duration)
     key_args = [API_KEY, API_KEY_HEADER]
+    contenders = [contender(name, args.baseline) for name in args.contenders.split(",")]
+    if contenders[0].kind != "serve":
+        raise SystemExit("the first contender must be serve (or serve@SERVER)")
+    db_url = with_database(admin_url, BENCH_DATABASE)
+    load_before = uptime()
     with servers() as running:
-        real = start_server("serve", serve_argv(), server_env(db_url, free_port()), logs)
-        running.append(real)
-        ceiling_env = server_env(db_url, free_port())
-        del ceiling_env["DATABASE_URL"]  # it stores nothing
-        ceiling = start_server(
-            "ceiling", [sys.executable, "-m", "bench.ceiling"], ceiling_env, logs
-        )
-        running.append(ceiling)
+        started: dict[str, Server] = {}
+        for c in contenders:
+            env = server_env(with_database(admin_url, c.database or BENCH_DATABASE), free_port())
+            if c.database is None:
+                del env["DATABASE_URL"]  # it stores nothing
+            env["BENCH_ASGI_SERVER"] = c.name.partition("@")[2] or SERVE_SERVER
+            if c.tree is not None:
+                env["PYTHONPATH"] = str(c.tree)  # its `service` before the installed one
+            started[c.name] = start_server(
+                c.name.replace("@", "-"), c.argv, env, logs, cwd=c.tree or ROOT
+            )
+            running.append(started[c.name])
         watch.pgids.update(server.process.pid for server in running)  # each leads its group
-        wait_until_up(real, "/health/ready")
-        wait_until_up(ceiling, INTAKE_PATH)  # answers GET with 405 once it listens
+        for c in contenders:
+            wait_until_up(started[c.name], c.ready_path)
+        real = started[contenders[0].name]
 
         # (e) first: the rate Paxos sends, not the aftermath (autovacuum, dirty buffers) of
         # the saturation runs below.
-        print(f"(e) {args.rate:g} requests/s, paced, against serve ...", flush=True)
+        print(f"(e) {args.rate:g} requests/s, paced, against {contenders[0].name} ...", flush=True)
         steady = paced(watch, real, args.rate, args.paced_duration)
 
-        print("(a) new ids against serve ...", flush=True)
-        if load.warmup_s:
-            wrk(watch, "new_ids.lua", real, load, [*key_args, seed()], seconds=load.warmup_s)
         before = asyncio.run(settled_mark(db_url))
-        accepted = wrk(
-            watch, "new_ids.lua", real, load, [*key_args, seed()], seconds=load.duration_s
-        )
+        runs: dict[str, list[Run]] = {c.name: [] for c in contenders}
+        for round_ in range(1, args.rounds + 1):
+            # Rotate the order each round: a drift in the machine's load lands on all alike.
+            shift = (round_ - 1) % len(contenders)
+            for c in contenders[shift:] + contenders[:shift]:
+                server = started[c.name]
+                url = with_database(admin_url, c.database) if c.database else None
+                if load.warmup_s:
+                    wrk(
+                        watch,
+                        "new_ids.lua",
+                        server,
+                        load,
+                        [*key_args, seed()],
+                        seconds=load.warmup_s,
+                    )
+                rows0 = asyncio.run(settled_rows(url, c.table)) if url else 0
+                result = wrk(
+                    watch, "new_ids.lua", server, load, [*key_args, seed()], seconds=load.duration_s
+                )
+                stored = asyncio.run(settled_rows(url, c.table)) - rows0 if url else None
+                run = Run(round_, result, stored)
+                runs[c.name].append(run)
+                print(
+                    f"  round {round_}: {c.name:<22} {run.stored_per_s:>8,.0f} stored/s  "
+                    f"{run.cpu_us_per_stored:>5.0f} us server CPU per webhook  "
+                    f"({uptime()})",
+                    flush=True,
+                )
         after = asyncio.run(settled_mark(db_url))
         batches = asyncio.run(batch_sizes(db_url, before))
+        del after
 
-        print("(b) new ids against the ceiling ...", flush=True)
-        ceiling_run = wrk_run(watch, "new_ids.lua", ceiling, load, [*key_args, seed()])
-
-        print("(d) one id over and over against serve ...", flush=True)
+        print(f"(d) one id over and over against {contenders[0].name} ...", flush=True)
         dup_id = uuid.uuid4()
         dup_args = [*key_args, str(dup_id)]
         if load.warmup_s:
@@ -790,11 +981,8 @@ def measure(args: argparse.Namespace, watch: MachineWatch, db_url: str, logs: Pa
         counted = asyncio.run(deliveries(db_url, dup_id)) - counted_before
 
         if args.hold:
-            print(
-                f"holding: serve pid {real.process.pid} at {real.url}, ceiling pid "
-                f"{ceiling.process.pid} at {ceiling.url}; Ctrl-C ends",
-                flush=True,
-            )
+            where = ", ".join(f"{n} pid {s.process.pid} at {s.url}" for n, s in started.items())
+            print(f"holding: {where}; Ctrl-C ends", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(1)
@@ -802,80 +990,83 @@ def measure(args: argparse.Namespace, watch: MachineWatch, db_url: str, logs: Pa
             if server.process.poll() is not None:
                 raise RuntimeError(f"{server.name} died during the run:\n{server.tail()}")
     return Measured(
-        accepted=accepted,
-        stored=after.events - before.events,
+        names=[c.name for c in contenders],
+        runs=runs,
         batches=batches,
-        ceiling=ceiling_run,
         duplicate=duplicate,
         deliveries_counted=counted,
         steady=steady,
+        load_before=load_before,
+        load_after=uptime(),
     )
 
 
 def table_rows(m: Measured, rate: float) -> list[Row]:
-    a, d, e = m.accepted, m.duplicate, m.steady
-    non_2xx = a.errors["status"]
+    serve = m.names[0]
+    d, e = m.duplicate, m.steady
     dup_errors = d.errors["status"] + d.socket_errors
     e_non_2xx = sum(n for status, n in e.statuses.items() if not status.startswith("2"))
     b = m.batches
-    return [
+    rows: list[Row] = []
+    for name in m.names:
+        runs = m.runs[name]
+        what = "answered/s, nothing stored" if name.startswith("ceiling") else "stored/s"
+        rows.append(
+            Row(
+                f"(a) {name}: {what}, median (min-max) of {len(runs)}",
+                spread([r.stored_per_s for r in runs]),
+                f">= {TARGET_ACCEPTED:,.0f} (DESIGN §6)" if name == serve else "",
+                verdict(m.rate(name) >= TARGET_ACCEPTED) if name == serve else "info",
+            )
+        )
+        rows.append(
+            Row(
+                "    server CPU per webhook",
+                spread([r.cpu_us_per_stored for r in runs]) + " us",
+                "",
+                "info",
+            )
+        )
+        rows.append(
+            Row(
+                "    2xx / stored / non-2xx / socket errors (all rounds)",
+                f"{sum(r.wrk.ok for r in runs):,} / "
+                + (
+                    "-"
+                    if runs and runs[0].stored is None
+                    else f"{sum(r.stored or 0 for r in runs):,}"
+                )
+                + f" / {sum(r.wrk.errors['status'] for r in runs)}"
+                + f" / {sum(r.wrk.socket_errors for r in runs)}",
+                "stored >= 2xx, 0, 0",
+                verdict(all(r.sound for r in runs)),
+            )
+        )
+    for other in m.names[1:]:
+        kind = other.partition("@")[0]
+        target = {"ref-group": TARGET_VS_GROUP, "ref-request": TARGET_VS_REQUEST}.get(kind)
+        if kind == "ceiling":
+            target = TARGET_RATIO
+        ratios = m.ratios(serve, other)
+        rows.append(
+            Row(
+                f"(c) {serve} / {other}, median (min-max) of rounds",
+                spread(ratios, ".2f"),
+                f">= {target:g}" if target and other.partition("@")[2] == "" else "",
+                verdict(median(ratios) >= target)
+                if target and other.partition("@")[2] == ""
+                else "info",
+            )
+        )
+    rows += [
         Row(
-            "(a) accepted webhooks/s, new ids, durable",
-            f"{a.ok_per_s:,.0f}",
-            f">= {TARGET_ACCEPTED:,.0f} (DESIGN §6)",
-            verdict(a.ok_per_s >= TARGET_ACCEPTED),
-        ),
-        Row(
-            "    2xx answered / stored in events / non-2xx",
-            f"{a.ok:,} / {m.stored:,} / {non_2xx}",
-            "stored >= 2xx, 0 non-2xx",
-            verdict(m.stored >= a.ok and non_2xx == 0),
-        ),
-        Row(
-            "    socket errors (connect/read/write/timeout)",
-            str(a.socket_errors),
-            "0",
-            verdict(a.socket_errors == 0),
-        ),
-        Row(
-            "    notifications per commit: mean / p50 / p99 / max",
+            f"    {serve}: notifications per commit: mean / p50 / p99 / max",
             f"{b['mean']:.1f} / {b['p50']:.0f} / {b['p99']:.0f} / {b['max']:.0f}",
             "",
             "info",
         ),
         Row(
-            "    latency at saturation: p50 / p99",
-            f"{a.latency_ms['p50']:.1f} / {a.latency_ms['p99']:.1f} ms",
-            "",
-            "info",
-        ),
-        Row(
-            "    CPU per request: server / Postgres",
-            f"{a.server_us_per_request:.0f} / {a.postgres_us_per_request:.0f} us",
-            "",
-            "info",
-        ),
-        Row("(b) ceiling requests/s, no store", f"{m.ceiling.ok_per_s:,.0f}", "", "info"),
-        Row(
-            "    CPU per request: server",
-            f"{m.ceiling.server_us_per_request:.0f} us",
-            "",
-            "info",
-        ),
-        Row(
-            "(c) ratio a/b",
-            f"{m.ratio:.2f}",
-            f">= {TARGET_RATIO}",
-            verdict(m.ratio >= TARGET_RATIO),
-        ),
-        Row(
-            "    same from CPU per request (b/a; steadier on a busy box)",
-            f"{m.cpu_ratio:.2f}",
-            "",
-            "info",
-        ),
-        Row(
-            "(d) duplicates/s, one id (errors)",
+            f"(d) duplicates/s, one id, {serve} (errors)",
             f"{d.ok_per_s:,.0f} ({dup_errors})",
             "0 errors",
             verdict(dup_errors == 0),
@@ -918,14 +1109,28 @@ def table_rows(m: Measured, rate: float) -> list[Row]:
             verdict(e_non_2xx == 0),
         ),
     ]
+    return rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
-    p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    p.add_argument("--duration", type=int, default=15, help="seconds per measured wrk run")
-    p.add_argument("--warmup", type=int, default=3, help="seconds of wrk warm-up per phase")
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of wrk warm-up per run")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over the contenders (default 3)")
+    p.add_argument(
+        "--contenders",
+        default=",".join(DEFAULT_CONTENDERS),
+        help="comma-separated, serve first: serve, ref-group, ref-request, ceiling, each "
+        "optionally @uvicorn, @uvicorn-h11 or @granian (default: %(default)s)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (with this bench/ copied in) whose service runs as the "
+        "contender `baseline`: before/after a change in one run",
+    )
     p.add_argument("--rate", type=float, default=100.0, help="paced requests/s for (e)")
     p.add_argument("--paced-duration", type=float, default=30.0, help="seconds of (e)")
     p.add_argument(
@@ -953,12 +1158,14 @@ def main(argv: list[str] | None = None) -> int:
     admin_url = server_url()
     if not os.environ.get("BENCH_DATABASE_URL"):
         watch.watch_postgres(ROOT / ".data" / "bench" / "pg")
-    db_url = with_database(admin_url, BENCH_DATABASE)
     logs = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
         pg = asyncio.run(recreate_database(admin_url))
-        print(f"postgres {pg.get('server_version')}: fresh database {BENCH_DATABASE}", flush=True)
-        m = measure(args, watch, db_url, logs)
+        print(
+            f"postgres {pg.get('server_version')}: fresh databases {', '.join(DATABASES)}",
+            flush=True,
+        )
+        m = measure(args, watch, admin_url, logs)
     finally:
         with contextlib.suppress(Exception):
             asyncio.run(drop_database(admin_url))
@@ -972,12 +1179,15 @@ def main(argv: list[str] | None = None) -> int:
         info,
         pg,
         f"load: wrk -t{args.threads} -c{args.connections}, {args.warmup} s warm-up + "
-        f"{args.duration} s per phase; (e) {args.rate:g}/s for {args.paced_duration:g} s",
+        f"{args.duration} s per run, {args.rounds} rounds over {args.contenders}; "
+        f"(e) {args.rate:g}/s for {args.paced_duration:g} s\n"
+        f"machine load: {m.load_before} before, {m.load_after} after",
         m.phases,
         rows,
     )
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    serve = m.names[0]
     document = {
         "date": started_at.isoformat(timespec="seconds"),
         "machine": {**info, "postgres": pg},
@@ -986,33 +1196,28 @@ def main(argv: list[str] | None = None) -> int:
             "wrk_connections": args.connections,
             "warmup_s": args.warmup,
             "duration_s": args.duration,
+            "rounds": args.rounds,
+            "contenders": m.names,
             "paced_rate": args.rate,
             "paced_duration_s": args.paced_duration,
+            "loadavg_before": m.load_before,
+            "loadavg_after": m.load_after,
         },
         "figures": {
-            "accepted_per_s": m.accepted.ok_per_s,
-            "ceiling_per_s": m.ceiling.ok_per_s,
-            "ratio": m.ratio,
-            "ratio_from_cpu_per_request": m.cpu_ratio,
+            "stored_per_s": {n: m.rate(n) for n in m.names},
+            "server_cpu_us_per_stored": {n: m.cpu(n) for n in m.names},
+            "ratios": {f"{serve}/{n}": m.ratio(serve, n) for n in m.names[1:]},
             "duplicates_per_s": m.duplicate.ok_per_s,
             "p50_ms_at_rate": m.steady.latency_ms["p50"],
             "p99_ms_at_rate": m.steady.latency_ms["p99"],
-            "stored_during_a": m.stored,
-            "notifications_per_commit_during_a": m.batches,
-            "server_cpu_us_per_request": {
-                "a": m.accepted.server_us_per_request,
-                "b": m.ceiling.server_us_per_request,
-                "d": m.duplicate.server_us_per_request,
-                "e": m.steady.server_us_per_request,
-            },
-            "postgres_cpu_us_per_request_a": m.accepted.postgres_us_per_request,
+            "notifications_per_commit": m.batches,
         },
         "runs": {
-            "a_serve_new_ids": asdict(m.accepted),
-            "b_ceiling_new_ids": asdict(m.ceiling),
-            "d_serve_duplicate": asdict(m.duplicate) | {"deliveries_counted": m.deliveries_counted},
-            "e_serve_paced": asdict(m.steady),
+            name: [asdict(r) | {"stored_per_s": r.stored_per_s} for r in runs]
+            for name, runs in m.runs.items()
         },
+        "duplicate": asdict(m.duplicate) | {"deliveries_counted": m.deliveries_counted},
+        "paced": asdict(m.steady),
         "table": [asdict(r) for r in rows],
         "pass": passed,
     }

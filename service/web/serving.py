@@ -24,6 +24,11 @@ body limits, and HSTS over HTTPS (`strict_transport_security`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -166,6 +171,12 @@ async def strict_transport_security(message: Message, scope: Scope) -> None:
         _warn_if_proxy_ignored(scope)
 
 
+def hsts_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The HSTS header for an answer over HTTPS, for an endpoint that answers before Litestar
+    (`service.intake.endpoint`), where `strict_transport_security` does not run."""
+    return [_HSTS_HEADER] if scope.get("scheme") == "https" else []
+
+
 def _warn_if_proxy_ignored(scope: Scope) -> None:
     global _ignored_proxy_warned
     for name, value in scope.get("headers", ()):
@@ -199,3 +210,40 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
     )
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, for which SIGINT and SIGTERM are a clean stop: it shuts down
+    gracefully and returns, and the process exits 0 through its exit handlers.
+
+    uvicorn raises the signal again once it has shut down; SIGTERM's default action then kills
+    the process before its exit handlers run, so the embedded PostgreSQL it started was left
+    running, and SIGINT ended in click's "Aborted!" and exit 1."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port`, for `Server.serve(sockets=[...])`: binding before
+    anything else starts makes a taken port an error at once (`OSError`), not after the
+    banner and the database."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
