@@ -53,6 +53,9 @@ class Settings:
     """The service's configuration; tests build it directly, the CLI from the environment."""
 
     database_url: str | None = field(default=None, repr=False)
+    # A streaming replica for the read API, the console's pages, exports and the feed (None:
+    # everything reads the primary); see docs/deploying.md "Read replicas".
+    database_read_url: str | None = field(default=None, repr=False)
     data_dir: Path = Path(".data")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -145,6 +148,7 @@ class Settings:
         r = _Reader(env)
         settings = cls(
             database_url=r.get("DATABASE_URL", _database_url, None),
+            database_read_url=r.get("DATABASE_READ_URL", _database_url, None),
             data_dir=r.get("DATA_DIR", _path, Path(".data")),
             host=r.get("HOST", _nonempty, "127.0.0.1"),
             port=r.get("PORT", _int_in(1, 65535), 8000),
@@ -396,6 +400,9 @@ def _http_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"must be an http(s) URL, got {raw!r}")
+    if parts.username is not None or parts.password is not None:
+        # The URL is shown in logs, errors and the console: a secret in it would leak there.
+        raise ValueError("must not carry credentials (user:password@); set them apart")
     return raw.rstrip("/")
 
 

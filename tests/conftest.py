@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.paxos",
     "tests.fixtures.logs",
     "tests.fixtures.jwt",
+    "tests.fixtures.ha",
 ]
 
 

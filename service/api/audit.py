@@ -197,11 +197,11 @@ class AuditController(Controller):
         operation_class=ExportOperation,
     )
     async def export_events(
-        self, request: Request[Any, Any, State], engine: NamedDependency[AsyncEngine]
+        self, request: Request[Any, Any, State], reader: NamedDependency[AsyncEngine]
     ) -> Stream:
         query = parse_export_query(request)
         return Stream(
-            export(engine, query),
+            export(reader, query),
             media_type=MEDIA_TYPES[query.format],
             headers={
                 "Content-Disposition": f'attachment; filename="paxos-events-export.{query.format}"'

@@ -6,14 +6,12 @@ cursors are `service.web.cursor`'s.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from litestar import Controller, Request, get
 from litestar.datastructures import MultiDict, State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.api.schemas import EventPage
@@ -22,7 +20,7 @@ from service.store.events import get_event, list_events
 from service.web.auth import require_read
 from service.web.cursor import encode_cursor
 from service.web.openapi import event_list_operation
-from service.web.query import parse_query
+from service.web.query import UuidText, parse_query, parse_uuid
 
 
 class EventController(Controller):
@@ -42,16 +40,14 @@ class EventController(Controller):
         operation_class=event_list_operation(),
     )
     async def list_(
-        self, request: Request[Any, Any, State], engine: NamedDependency[AsyncEngine]
+        self, request: Request[Any, Any, State], reader: NamedDependency[AsyncEngine]
     ) -> EventPage:
-        return await list_event_page(request.query_params, engine)
+        return await list_event_page(request.query_params, reader)
 
-    @get("/{event_id:uuid}", summary="One event")
-    async def get_one(
-        self, engine: NamedDependency[AsyncEngine], event_id: FromPath[uuid.UUID]
-    ) -> Event:
-        async with engine.connect() as conn:
-            event = await get_event(conn, event_id)
+    @get("/{event_id:str}", summary="One event")
+    async def get_one(self, reader: NamedDependency[AsyncEngine], event_id: UuidText) -> Event:
+        async with reader.connect() as conn:
+            event = await get_event(conn, parse_uuid("event_id", event_id))
         if event is None:
             raise NotFoundException(f"no event with id {event_id}")
         return event

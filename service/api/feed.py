@@ -262,13 +262,13 @@ class FeedController(Controller):
     async def feed(
         self,
         request: Request[Any, Any, State],
-        engine: NamedDependency[AsyncEngine],
+        reader: NamedDependency[AsyncEngine],
         feed: NamedDependency[Follower],
     ) -> Response[FeedPage]:
         query = parse_feed_query(request)
         if EVENT_STREAM in request.headers.get("accept", ""):
             stream = Stream(
-                event_stream(feed, engine, query),
+                event_stream(feed, reader, query),
                 media_type=EVENT_STREAM,
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -276,7 +276,7 @@ class FeedController(Controller):
             return cast(Response[FeedPage], stream)
         page = await next_page(
             feed,
-            engine,
+            reader,
             after=query.after,
             limit=query.limit,
             where=query.where,

@@ -36,6 +36,11 @@ R = TypeVar("R")
 WriteBatch = Callable[[AsyncConnection, Sequence[T]], Awaitable[Sequence[R]]]
 
 
+# The longest a batch may take on a held connection: well past the intake's answer (503 after
+# COMMIT_TIMEOUT_S, 10 s), far past any batch a working server takes.
+HELD_WRITE_TIMEOUT_S = 30.0
+
+
 class CommitFailed(Exception):
     """The batch holding this item did not commit; nothing of it was stored."""
 
@@ -68,8 +73,10 @@ class GroupWriter(Generic[T, R]):
         max_batch: int = 1000,
         single_statement: bool = False,
         prepare: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+        held_timeout_s: float = HELD_WRITE_TIMEOUT_S,
     ) -> None:
         self._engine = engine
+        self._held_timeout_s = held_timeout_s
         self._write_batch = write
         self._name = name
         self._writers = writers
@@ -165,7 +172,12 @@ class GroupWriter(Generic[T, R]):
         else:
             conn = await held.connection()
             try:
-                results = await self._write_batch(conn, items)
+                # A statement on a server that went silent (a frozen or cut-off primary)
+                # would wait for TCP to give up, for minutes; the writer gives up sooner,
+                # discards the connection, and the next batch connects afresh (passing the
+                # silent host by: service.db.engine.connect).
+                async with asyncio.timeout(self._held_timeout_s):
+                    results = await self._write_batch(conn, items)
             except BaseException as exc:
                 if isinstance(exc, Exception) and not is_connection_error(exc):
                     # The statement failed, the connection did not: keep it for the next one.

@@ -31,7 +31,8 @@
    checkpoint the shadow's position. Readers see the old tables until the commit and the
    new ones after it; a reader's single statement never sees half of each.
 
-Only one rebuild of a projection runs at a time (a session advisory lock).
+Only one rebuild of a projection runs at a time (a session advisory lock, held with
+`service.db.sessions.under_session_lock`: a rebuild whose lock connection is lost stops).
 
 The statements of each step are in `service.store.projections.rebuild`; this module runs them
 on their connections and transactions, and reports progress.
@@ -47,8 +48,9 @@ from typing import Any
 
 import structlog
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.db.sessions import under_session_lock
 from service.store.projections import rebuild as store
 from service.store.projections.checkpoints import ensure_checkpoints
 from service.store.projections.registry import Projection
@@ -96,16 +98,25 @@ async def rebuild(
     batch: int = REBUILD_BATCH,
     progress: ProgressCallback | None = None,
 ) -> Progress:
-    """Rebuild `projection` from the journal and swap it in; resumes a killed rebuild."""
-    async with engine.connect() as lock_conn:
-        await lock_conn.commit()
-        lock_conn = await lock_conn.execution_options(isolation_level="AUTOCOMMIT")
-        if not await store.try_lock(lock_conn, projection):
-            raise RebuildBusy(f"a rebuild of {projection.name} is already running")
-        try:
-            return await _rebuild(engine, projection, batch, progress)
-        finally:
-            await store.unlock(lock_conn, projection)
+    """Rebuild `projection` from the journal and swap it in; resumes a killed rebuild.
+
+    Raises `RebuildBusy` if another rebuild of it runs, and `SessionLost` if the lock's
+    connection ends midway: the rebuild stops there rather than go on unlocked beside the
+    one that may take the lock next (which resumes from the chunks staged)."""
+
+    async def take(conn: AsyncConnection) -> bool:
+        return await store.try_lock(conn, projection)
+
+    async def release(conn: AsyncConnection) -> None:
+        await store.unlock(conn, projection)
+
+    async def work() -> Progress:
+        return await _rebuild(engine, projection, batch, progress)
+
+    done = await under_session_lock(engine, take, release, work)
+    if done is None:
+        raise RebuildBusy(f"a rebuild of {projection.name} is already running")
+    return done
 
 
 # A heap page holds at most this many tuples (8 kB pages): the guess at rows per block while

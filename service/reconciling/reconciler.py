@@ -10,7 +10,8 @@ stopped anywhere resumes from there.
 
 The *reconciler* runs a pass every `RECONCILE_INTERVAL_S` over the window since its last
 completed pass, minus `RECONCILE_LOOKBACK_S` of overlap; one copy at a time across the
-deployment (a session advisory lock). A *backfill* is a pass over a window someone chose.
+deployment (a session advisory lock; a pass whose lock connection is lost stops at once,
+`service.db.sessions`). A *backfill* is a pass over a window someone chose.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db.sessions import SessionLost, under_session_lock
 from service.domain.paxos_event import Fetched, identity_id_of
 from service.paxos.client import ListFilter, PaxosClient
 from service.store.jobs import Job
@@ -193,25 +195,26 @@ class Reconciler:
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
+            except SessionLost:
+                log.warning("reconciler lock lost mid-pass; pass stopped, resuming next interval")
             except Exception:  # noqa: BLE001 - the next interval tries again
                 log.exception("reconcile pass failed; retrying next interval")
             await asyncio.sleep(self._interval_s)
 
     async def run_once(self, now: datetime | None = None) -> Counts | None:
         """Run (or resume) a pass if no other process is running one; None if one is."""
-        async with self._engine.connect() as conn:
-            # A session lock on a connection of its own, outside any transaction: held for
-            # the whole pass, released by the database if this process dies.
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            if not await try_lock_reconciler(conn):
+
+        async def locked_pass() -> Counts | None:
+            state = await self._next_pass(now or datetime.now(UTC))
+            if state is None:
                 return None
-            try:
-                state = await self._next_pass(now or datetime.now(UTC))
-                if state is None:
-                    return None
-                return await run_pass(self._engine, self._client, state, page_size=self._page_size)
-            finally:
-                await unlock_reconciler(conn)
+            return await run_pass(self._engine, self._client, state, page_size=self._page_size)
+
+        # The deployment's session lock, held for the whole pass; if its connection is lost
+        # mid-pass (another process may take the lock at once), the pass stops: SessionLost.
+        return await under_session_lock(
+            self._engine, try_lock_reconciler, unlock_reconciler, locked_pass
+        )
 
     async def _next_pass(self, now: datetime) -> PassState | None:
         unfinished = await unfinished_pass(self._engine, "reconcile")

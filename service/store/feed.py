@@ -52,19 +52,40 @@ _WRITERS = """
 """
 
 
+# Read replicas. The horizon cannot be sampled on a hot standby: its pg_locks holds none of
+# the primary's ROW EXCLUSIVE locks (a standby would call every position final at once) and
+# its sequence runs up to 32 values ahead (sequences are WAL-logged in advance). So it is
+# always sampled on the primary, with the WAL insert position read after the writers: every
+# commit that made the horizon's positions final was in the WAL before it (a transaction
+# writes its commit record before it releases its locks). A replica that has replayed past
+# that position sees every row up to the horizon. LSNs as byte offsets (numeric, exact).
+_WAL_NOW = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+_REPLAYED = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """The journal's last position, and the transactions that were writing it just after."""
+    """The journal's last position, the transactions that were writing it just after, and
+    (when asked for, on the primary) the WAL position just after that."""
 
     last: int
     writers: frozenset[str]
+    lsn: int | None = None
 
 
-async def sample(conn: AsyncConnection) -> Sample:
-    """Read the last position handed out, then who may still hold one (in that order)."""
+async def sample(conn: AsyncConnection, *, lsn: bool = False) -> Sample:
+    """Read the last position handed out, then who may still hold one (in that order), then,
+    with `lsn`, the primary's WAL insert position."""
     last = (await conn.exec_driver_sql(_LAST)).scalar()
     writers = await writing(conn)
-    return Sample(0 if last is None else int(last), writers)
+    wal = int((await conn.exec_driver_sql(_WAL_NOW)).scalar_one()) if lsn else None
+    return Sample(0 if last is None else int(last), writers, wal)
+
+
+async def replayed(conn: AsyncConnection) -> int | None:
+    """How far `conn`'s server has replayed the primary's WAL; None on the primary itself."""
+    value = (await conn.exec_driver_sql(_REPLAYED)).scalar()
+    return None if value is None else int(value)
 
 
 async def writing(conn: AsyncConnection) -> frozenset[str]:
@@ -82,12 +103,17 @@ class Horizon:
     """
 
     final: int = 0
+    # A WAL position past the commits that made `final` final (None: not sampled).
+    final_lsn: int | None = None
     pending: list[Sample] = field(default_factory=list)
     max_pending: int = 32
 
     def observe(self, new: Sample) -> int:
         """Take `new` (its writers read after its `last`, and after every earlier sample):
-        settle the pending samples none of whose writers still writes; the final position."""
+        settle the pending samples none of whose writers still writes; the final position.
+        Whatever `new` settles, its own look at the writers proves it: its `lsn` (read after
+        that look) becomes `final_lsn`."""
+        before = self.final
         still: list[Sample] = []
         for old in self.pending:
             if old.writers.isdisjoint(new.writers):
@@ -104,6 +130,8 @@ class Horizon:
             if len(still) < self.max_pending:
                 still.append(new)
         self.pending = still
+        if self.final > before and new.lsn is not None:
+            self.final_lsn = new.lsn
         return self.final
 
     @property

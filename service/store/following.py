@@ -14,7 +14,7 @@ import contextlib
 import time
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db.notify import FETCHED_CHANNEL, listen
 from service.db.outages import STORE_ERRORS
@@ -24,6 +24,7 @@ from service.store.feed import (
     FeedSlice,
     Horizon,
     read_page,
+    replayed,
     sample,
 )
 
@@ -33,15 +34,30 @@ POLL_S = 1.0  # how often waiting readers look for new rows when no NOTIFY came
 # While a sample waits on writers still running, look again this soon (their transactions are
 # short: a batch of the intake or of the fetcher), backing off to POLL_S.
 SETTLE_S = 0.002
+# How long a read on a replica waits for it to replay up to the horizon before it gives up (an
+# outage: 503, or the end of an SSE stream, which the client resumes).
+REPLICA_WAIT_S = 5.0
+
+
+class ReplicaBehind(TimeoutError):
+    """The replica has not replayed up to the feed's horizon within REPLICA_WAIT_S."""
 
 
 class Follower:
     """The feed's horizon for this process, and the wake-up of the readers waiting past it."""
 
     def __init__(
-        self, engine: AsyncEngine, database_url: str | None, *, poll_s: float = POLL_S
+        self,
+        engine: AsyncEngine,
+        database_url: str | None,
+        *,
+        poll_s: float = POLL_S,
+        replica: bool = False,
     ) -> None:
+        """`engine` is the primary's: the horizon is sampled there. With `replica`, readers
+        read on a replica, and each sample carries the WAL position they wait for."""
         self._engine = engine
+        self._replica = replica
         self._url = database_url  # None: no LISTEN, the poll alone
         self._poll_s = poll_s
         self._horizon = Horizon()
@@ -59,6 +75,12 @@ class Follower:
     def final(self) -> int:
         """The highest position known to be final (0 before the first refresh)."""
         return self._horizon.final
+
+    @property
+    def final_lsn(self) -> int | None:
+        """The primary's WAL position a replica must have replayed to see every row up to
+        `final` (None without a replica)."""
+        return self._horizon.final_lsn
 
     async def horizon(self) -> int:
         """A horizon from a sample taken after this call began (a refresh already running
@@ -84,7 +106,7 @@ class Follower:
     async def _refresh(self, round_: int) -> None:
         try:
             async with self._engine.connect() as conn:
-                new = await sample(conn)
+                new = await sample(conn, lsn=self._replica)
         finally:
             self._done = round_
         before = self._horizon.final
@@ -169,8 +191,11 @@ async def next_page(
     # fresher one; otherwise sample it now, so what committed before this call is seen.
     known = follower.final
     through = known if known - after > SCAN_PER_ITEM * limit else await follower.horizon()
+    lsn = follower.final_lsn  # for `through` or a later horizon: enough
     while True:
         async with engine.connect() as conn:
+            if lsn is not None:
+                await replayed_past(conn, lsn)
             page = await read_page(conn, after=after, through=through, limit=limit, where=where)
         if page.items or page.next_after < through:
             return page
@@ -180,4 +205,19 @@ async def next_page(
         after = page.next_after
         await follower.wait_past(after, remaining)
         # Refreshed by the pump before it woke us: a horizon found before the next read.
-        through = follower.final
+        through, lsn = follower.final, follower.final_lsn
+
+
+async def replayed_past(conn: AsyncConnection, lsn: int, within_s: float = REPLICA_WAIT_S) -> None:
+    """Return once `conn`'s server has replayed the primary's WAL up to `lsn` (at once on the
+    primary); `ReplicaBehind` after `within_s`."""
+    deadline = time.monotonic() + within_s
+    delay = 0.001
+    while True:
+        reached = await replayed(conn)
+        if reached is None or reached >= lsn:
+            return
+        if time.monotonic() >= deadline:
+            raise ReplicaBehind(f"the replica is behind the feed's horizon after {within_s}s")
+        await asyncio.sleep(delay)
+        delay = min(0.05, delay * 2)

@@ -39,7 +39,7 @@ class EventPages(Controller):
         self,
         request: HTMXRequest,
         session: NamedDependency[Session],
-        engine: NamedDependency[AsyncEngine],
+        reader: NamedDependency[AsyncEngine],
     ) -> Template:
         params = request.query_params
         pairs = event_query(params)
@@ -52,7 +52,7 @@ class EventPages(Controller):
         except InvalidParameter as exc:
             problem = exc.detail
         else:
-            async with engine.connect() as conn:
+            async with reader.connect() as conn:
                 found = await list_events(conn, query.filters, limit=PAGE_SIZE, after=query.after)
             items = found.items
             if found.more:
@@ -83,10 +83,10 @@ class EventPages(Controller):
         self,
         request: Request[Any, Any, State],
         session: NamedDependency[Session],
-        engine: NamedDependency[AsyncEngine],
+        reader: NamedDependency[AsyncEngine],
         event_id: FromPath[uuid.UUID],
     ) -> Template:
-        async with engine.connect() as conn:
+        async with reader.connect() as conn:
             event = await get_event(conn, event_id)
             if event is None:
                 raise ConsoleError(status_code=404, detail=f"No event with id {event_id}.")

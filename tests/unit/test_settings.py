@@ -44,6 +44,7 @@ def test_defaults_match_the_design() -> None:
 def test_every_variable_is_read() -> None:
     env = {
         "DATABASE_URL": "postgresql://u:p@db:5432/x",
+        "DATABASE_READ_URL": "postgresql://u:p@replica:5432/x",
         "DATA_DIR": "/srv/paxos",
         "HOST": "10.1.2.3",
         "PORT": "9000",
@@ -103,6 +104,7 @@ def test_every_variable_is_read() -> None:
     s = Settings.from_env(env)
     s.check()
     assert s.port == 9000
+    assert s.database_read_url == "postgresql://u:p@replica:5432/x"
     assert s.webhook_api_keys == ("key-a-0000000001", "key-b-0000000002", "key-c-0000000003")
     assert s.paxos_api_url == "https://api.paxos.com/v2"
     assert s.paxos_api_rps == 50.0
@@ -170,6 +172,14 @@ def test_a_wrong_value_is_named(env: dict[str, str], names: str) -> None:
     message = str(raised.value)
     assert message.startswith(f"{names}: ")
     assert "\n" not in message
+
+
+def test_a_url_carrying_a_password_is_refused_without_echoing_it() -> None:
+    # URLs are shown in logs, errors and the console: a password in one would leak there.
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({**VALID, "AUDIT_TSA_URL": "https://user:hunter2hunter2@tsa.example/"})
+    assert str(raised.value).startswith("AUDIT_TSA_URL: must not carry credentials")
+    assert "hunter2" not in str(raised.value)
 
 
 @pytest.mark.parametrize(
