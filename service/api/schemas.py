@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -41,6 +42,9 @@ class Identity(msgspec.Struct, frozen=True):
     last_event_time: str  # RFC 3339 as Paxos wrote it (nanoseconds kept)
     events_count: int
     updated_at: datetime
+    # Only in a time-travelled answer (?as_of=, ?known_at=): the bounds it was folded under.
+    as_of: datetime | None | msgspec.UnsetType = msgspec.UNSET
+    known_at: datetime | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class IdentityPage(msgspec.Struct, frozen=True):
@@ -63,6 +67,9 @@ class Transfer(msgspec.Struct, frozen=True):
     last_event_time: str
     events_count: int
     updated_at: datetime
+    # Only in a time-travelled answer (?as_of=, ?known_at=): the bounds it was folded under.
+    as_of: datetime | None | msgspec.UnsetType = msgspec.UNSET
+    known_at: datetime | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class TransferPage(msgspec.Struct, frozen=True):
@@ -80,6 +87,9 @@ class Orchestration(msgspec.Struct, frozen=True):
     last_event_time: str
     events_count: int
     updated_at: datetime
+    # Only in a time-travelled answer (?as_of=, ?known_at=): the bounds it was folded under.
+    as_of: datetime | None | msgspec.UnsetType = msgspec.UNSET
+    known_at: datetime | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class RebuildStarted(msgspec.Struct, frozen=True):
@@ -94,3 +104,56 @@ class FeedItem(msgspec.Struct, frozen=True):
 class FeedPage(msgspec.Struct, frozen=True):
     items: list[FeedItem]
     next_after: int  # where to read on from (past rows that filters dropped, too)
+
+
+# --- history: the state after each event (GET /identities/{id}/history, ...) ---------------
+
+
+class HistoryEvent(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    type: str
+    time: str  # Paxos's created_at, as Paxos wrote it (nanoseconds kept)
+    recorded_at: datetime  # when the store recorded the full event (the journal's)
+    via: str  # webhook | list_events
+
+
+class HistoryChange(msgspec.Struct, frozen=True):
+    field: str  # as the state names it (kyc_refresh.state); `controls`: one control
+    from_: Any = msgspec.field(name="from")
+    to: Any
+
+
+class IdentityHistoryEntry(msgspec.Struct, frozen=True):
+    event: HistoryEvent
+    changed: bool
+    changes: list[HistoryChange]
+    state: Identity
+
+
+class IdentityHistory(msgspec.Struct, frozen=True):
+    items: list[IdentityHistoryEntry]
+    next_cursor: str | None
+
+
+class TransferHistoryEntry(msgspec.Struct, frozen=True):
+    event: HistoryEvent
+    changed: bool
+    changes: list[HistoryChange]
+    state: Transfer
+
+
+class TransferHistory(msgspec.Struct, frozen=True):
+    items: list[TransferHistoryEntry]
+    next_cursor: str | None
+
+
+class OrchestrationHistoryEntry(msgspec.Struct, frozen=True):
+    event: HistoryEvent
+    changed: bool
+    changes: list[HistoryChange]
+    state: Orchestration
+
+
+class OrchestrationHistory(msgspec.Struct, frozen=True):
+    items: list[OrchestrationHistoryEntry]
+    next_cursor: str | None
