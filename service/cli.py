@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import io
 import os
 import re
+import signal
+import socket
 import sys
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
 import click
 import structlog
@@ -64,7 +69,22 @@ def _check_audit_keys(settings: Settings) -> None:
 def _configure_logs(settings: Settings) -> None:
     from service.telemetry.logs import configure
 
-    configure(settings.log_level, settings.log_format)
+    configure(settings.log_level, settings.log_format, stream=cast(TextIO, CurrentStderr()))
+
+
+class CurrentStderr(io.TextIOBase):
+    """`sys.stderr` as it is at each write, for the logs. While a progress bar shows, rich puts
+    a proxy there that prints above the bar: log lines then never cut into it (a stream
+    captured once would keep writing beneath the bar, one mangled line each)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def database_url(settings: Settings) -> str:
@@ -79,7 +99,32 @@ def database_url(settings: Settings) -> str:
         _fail(str(exc))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """A group whose help lists each command with its whole first sentence (click cuts it
+    to fit one line, mid-phrase), wrapped to the terminal."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.short_help or first_sentence(command.help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    paragraph = " ".join(text.strip().split("\n\n")[0].split())
+    # A full stop ends the sentence only before a capital: "(e.g. this)" goes on.
+    return re.split(r"(?<=\.) (?=[A-Z])", paragraph, maxsplit=1)[0]
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+)
 @click.version_option(package_name="paxos-event-store", prog_name="paxos-events")
 def cli() -> None:
     """Paxos Event Store: durable intake of Paxos webhooks and their full events."""
@@ -101,10 +146,8 @@ def cli() -> None:
 )
 def serve(demo: bool, no_background: bool) -> None:
     """Run the HTTP service (with the fetcher, unless --no-background)."""
-    import uvicorn
-
     from service.app import create_app
-    from service.db.migrations import upgrade
+    from service.web.serving import Server
     from service.web.serving import server_config as guarded_server_config
 
     settings = _read_settings()
@@ -119,70 +162,148 @@ def serve(demo: bool, no_background: bool) -> None:
         settings, made_up = fill_in(settings)
     _check(settings, demo=demo)
     _configure_logs(settings)
-    url = database_url(settings)
-    if not settings.database_url:
-        # The embedded database is ours alone: keep it migrated.
-        run_with_engine(url, upgrade)
-    settings = settings.replace(database_url=url)
+    # What can keep the service from starting is found before anything is printed: the port,
+    # then the database and its migrations. Once running, outages are retried instead.
+    sock = _listen(settings)
+    database_setting = settings.database_url
+    try:
+        url = database_url(settings)
+        _check_database(url, migrate=not settings.database_url)
+        settings = settings.replace(database_url=url)
+        if not demo:
+            _warn_unreadable(settings)
 
-    def server_config(settings: Settings) -> uvicorn.Config:
-        # Timeouts and size limits against hostile clients: service.web.serving.
-        return guarded_server_config(create_app(settings, background=not no_background), settings)
+        def new_server(settings: Settings) -> Server:
+            # Timeouts and size limits against hostile clients: service.web.serving.
+            app = create_app(settings, background=not no_background)
+            return Server(guarded_server_config(app, settings))
 
-    if demo:
-        from service.simulator.demo import banner, serve_demo
+        if demo:
+            from service.simulator.demo import serve_demo
 
-        # The banner is for the person at the terminal, not for the log stream; it shows only
-        # the secrets it made up, never a configured one.
-        click.echo(banner(settings, made_up), err=True)
-        run(serve_demo(settings, server_config))
-    else:
-        uvicorn.Server(server_config(settings)).run()
+            run(serve_demo(settings, made_up, new_server, sock, database_setting=database_setting))
+        else:
+            _log_listening(settings)
+            new_server(settings).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # SIGINT or SIGTERM before the server took them over: a clean stop as well
+    finally:
+        sock.close()
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The service's listening socket, or exit with one line naming the cause."""
+    from service.web.serving import listening_socket
+
+    try:
+        return listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        hint = (
+            "another process listens there: stop it, or set PORT"
+            if exc.errno == errno.EADDRINUSE
+            else "set HOST and PORT"
+        )
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; {hint}")
+
+
+def _check_database(url: str, *, migrate: bool) -> None:
+    """The database answers and is at this code's migration, or exit with one line saying
+    what to do. With `migrate` (the embedded database, ours alone) it is migrated instead."""
+    from service.db.migrations import head_revision, revision_of, upgrade
+
+    async def check(engine: AsyncEngine) -> str | None:
+        if migrate:
+            await upgrade(engine)
+            return head_revision()
+        async with engine.connect() as conn:
+            return await revision_of(conn)
+
+    revision = run_with_engine(url, check)  # unreachable: main() says so in one line
+    if revision != head_revision():
+        _fail(
+            f"the database is at migration {revision or 'none'}, this version needs "
+            f"{head_revision()}: run `paxos-events migrate` first"
+        )
+
+
+def _warn_unreadable(settings: Settings) -> None:
+    """Warn when nobody can read what the service stores (no read or admin token)."""
+    if not settings.api_read_tokens and not settings.api_admin_tokens:
+        log.warning(
+            "no API_READ_TOKENS or API_ADMIN_TOKENS: the read API, /metrics and the console "
+            "refuse everyone; webhooks are still stored"
+        )
+    elif not settings.api_admin_tokens:
+        log.warning("no API_ADMIN_TOKENS: the admin routes and console actions refuse everyone")
+
+
+def _log_listening(settings: Settings) -> None:
+    log.info(f"listening on http://{settings.host}:{settings.port} (Ctrl-C or SIGTERM stops)")
 
 
 @cli.command()
 def worker() -> None:
     """Run the background parts only (the fetcher); as many copies as load needs."""
-    import signal
-
     from service.background import running_background
     from service.db.runtime import opened_engine
     from service.web.client import new_http_client
 
     settings = load_settings(check=False)
     _check_audit_keys(settings)
-    if not settings.has_paxos_credentials:
-        _fail(
-            "configuration error: PAXOS_CLIENT_ID: the worker needs PAXOS_CLIENT_ID and "
-            "PAXOS_CLIENT_SECRET"
-        )
-    settings = settings.replace(database_url=database_url(settings))
+    try:
+        settings = _paxos_or_demo(settings, "the worker")
+        url = database_url(settings)
+        _check_database(url, migrate=not settings.database_url)
+        settings = settings.replace(database_url=url)
 
-    async def run_worker() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with (
-            opened_engine(settings.database_url or "", pool_size=10) as engine,
-            new_http_client(settings.paxos_max_connections) as http,
-            running_background(settings, engine, http),
-        ):
-            log.info("worker started")
-            await stop.wait()
-        log.info("worker stopped")
+        async def run_worker() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            async with (
+                opened_engine(settings.database_url or "", pool_size=10) as engine,
+                new_http_client(settings.paxos_max_connections) as http,
+                running_background(settings, engine, http),
+            ):
+                log.info("worker started")
+                await stop.wait()
+            log.info("worker stopped")
 
-    run(run_worker())
+        run(run_worker())
+    except KeyboardInterrupt:
+        pass  # a signal before the worker took them over: a clean stop as well
+
+
+def _paxos_or_demo(settings: Settings, who: str) -> Settings:
+    """`settings` if they have Paxos credentials; else pointed at the simulator of a demo
+    running on the same DATA_DIR and database; else exit with one line saying what to do."""
+    if settings.has_paxos_credentials:
+        return settings
+    from service.simulator.demo_files import running_demo_paxos
+
+    demo = running_demo_paxos(settings)
+    if demo is not None:
+        log.info("no Paxos credentials: using the running demo's simulator")
+        return demo
+    _fail(
+        f"configuration error: PAXOS_CLIENT_ID: {who} needs PAXOS_CLIENT_ID and "
+        "PAXOS_CLIENT_SECRET (or a demo running on the same DATA_DIR: `make run`)"
+    )
 
 
 def _rfc3339(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """An RFC 3339 time with its offset, or a date alone: midnight UTC of that day."""
     if value is None:
         return None
     try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(
-            f"{value!r} is not an RFC 3339 time such as 2026-01-07T00:00:00Z"
+            f"{value!r} is not an RFC 3339 time such as 2026-01-07T00:00:00Z, nor a date "
+            "such as 2026-01-07 (midnight UTC)"
         ) from None
     if moment.tzinfo is None:
         raise click.BadParameter(f"{value!r} has no offset: add Z or +hh:mm")
@@ -244,12 +365,7 @@ def _backfill_window(
     from service.store.reconcile import PassState, Window
     from service.web.client import new_http_client
 
-    settings = load_settings(check=False)
-    if not settings.has_paxos_credentials:
-        _fail(
-            "configuration error: PAXOS_CLIENT_ID: a backfill needs PAXOS_CLIENT_ID and "
-            "PAXOS_CLIENT_SECRET"
-        )
+    settings = _paxos_or_demo(load_settings(check=False), "a backfill")
     url = database_url(settings)
     window = Window(since, until, tuple(dict.fromkeys(types)), include_test)
     span = (until - since).total_seconds()
@@ -304,6 +420,7 @@ def rebuild(name: str) -> None:
     without stopping reads; a rebuild that was killed resumes where it stopped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from service.db.sessions import SessionLost
     from service.projections.rebuild import Progress as RebuildProgress
     from service.projections.rebuild import RebuildBusy
     from service.projections.rebuild import rebuild as rebuild_projection
@@ -336,6 +453,8 @@ def rebuild(name: str) -> None:
             return results
         except RebuildBusy as exc:
             _fail(str(exc))
+        except SessionLost as exc:
+            _fail(f"{exc}; run `rebuild` again to resume it")
 
     for result in run_with_engine(url, rebuild_all, pool_size=2):
         resumed = f" (resumed from {result.resumed_from})" if result.resumed_from else ""
@@ -437,10 +556,12 @@ def export(
     url = database_url(load_settings(check=False))
     query = ExportQuery(since=since, until=until, identity_id=identity_id, format=form)
 
+    trailers: list[dict[str, Any]] = []
+
     async def write(engine: AsyncEngine) -> None:
         sink = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115, ASYNC230
         try:
-            async for chunk in export_events(engine, query):
+            async for chunk in export_events(engine, query, on_trailer=trailers.append):
                 sink.write(chunk)
             sink.flush()
         finally:
@@ -449,8 +570,42 @@ def export(
 
     try:
         run_with_engine(url, write)
+    except BrokenPipeError:
+        _closed_pipe()
     except OSError as exc:
         _fail(f"cannot write the export: {exc.strerror or exc}")
+    if trailers:
+        click.echo(_export_summary(trailers[0], output), err=True)
+
+
+def _export_summary(trailer: dict[str, Any], output: str | None) -> str:
+    """One line for the person at the terminal: what was exported, and how sealed it is."""
+    positions = trailer["journal_positions"]
+    where = f" to {output}" if output else ""
+    line = f"exported {trailer['events']} events{where}"
+    if positions["first"] is not None:
+        line += (
+            f" ({trailer['journal_rows']} journal rows, positions "
+            f"{positions['first']}..{positions['last']})"
+        )
+    last_seal = (trailer["seals"] or {}).get("last")
+    if trailer["all_sealed"]:
+        line += "; all sealed" + (f" (through seal {last_seal['seal_id']})" if last_seal else "")
+    else:
+        line += (
+            f"; {trailer['unsealed_rows']} rows not sealed yet (export again after the sealer "
+            "has run, every SEAL_INTERVAL_S, for a fully sealed export)"
+        )
+    return line
+
+
+def _closed_pipe() -> NoReturn:
+    """The reader went away (`export | head`): end quietly, as Unix tools do."""
+    # Python would complain once more when it flushes stdout on the way out.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer killed by the pipe
 
 
 @cli.command()
@@ -494,54 +649,47 @@ def keygen(output: str) -> None:
 @click.option(
     "--anchors",
     metavar="URL",
-    help="file:///dir of anchor documents: the covering seals must match their anchors.",
+    help="Anchor sinks (file:///dir, s3://bucket/prefix; comma-separated): the covering seals "
+    "must match their anchors.",
 )
-def verify_export(file: Any, public_key: str, anchors: str | None) -> None:
+@click.option(
+    "--s3-endpoint",
+    "s3_endpoint",
+    envvar="AUDIT_ANCHOR_S3_ENDPOINT",
+    metavar="URL",
+    help="The S3 API of s3:// anchors (default AUDIT_ANCHOR_S3_ENDPOINT, else AWS); "
+    "credentials from the standard AWS variables.",
+)
+def verify_export(file: Any, public_key: str, anchors: str | None, s3_endpoint: str | None) -> None:
     """Check a JSON Lines export alone, without the database or service settings: every row's
     hash, the covering seals' hashes, chain and signatures, and with --anchors the link to
     the anchored heads. One line per problem; exit 1 on any (docs/audit.md)."""
     from pathlib import Path
-    from urllib.parse import unquote, urlsplit
 
-    from service.audit.offline import AnchoredSeal
     from service.audit.offline import verify_export as check_export
-    from service.domain.anchor import decode
+    from service.audit.offline_anchors import anchor_sinks, read_anchors
     from service.domain.signing import read_public_keys
 
     try:
         keys = read_public_keys(Path(public_key))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--public-key") from None
-    anchored: list[AnchoredSeal] | None = None
-    bad_anchors: list[str] = []
-    if anchors is not None:
-        parts = urlsplit(anchors)
-        directory = Path(unquote(parts.path))
-        if parts.scheme != "file" or parts.netloc or not directory.is_dir():
-            raise click.BadParameter(
-                "must be file:///dir, an existing directory", param_hint="--anchors"
-            )
-        anchored = []
-        for path in sorted(directory.glob("*.json")):
-            try:
-                a = decode(path.read_bytes())
-            except (OSError, ValueError) as exc:
-                bad_anchors.append(f"malformed anchor {path.name}: {exc}")
-                continue
-            anchored.append(
-                AnchoredSeal(
-                    a.seal_id, a.first_position, a.last_position, a.seal_hash, a.signature, a.key_id
-                )
-            )
-    report = check_export(file, keys, anchored)
-    for line in bad_anchors:
+    try:
+        sinks = None if anchors is None else anchor_sinks(anchors, s3_endpoint=s3_endpoint)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--anchors") from None
+    # The anchors are read with the sinks' own reader, the one `verify` uses.
+    read = asyncio.run(read_anchors(sinks)) if sinks else None
+    report = check_export(file, keys, None if read is None else read.anchors)
+    unreadable = [] if read is None else read.unreadable
+    for line in unreadable:
         click.echo(line)
     for problem in report.problems:
         click.echo(str(problem))
-    count = len(report.problems) + len(bad_anchors)
+    count = len(report.problems) + len(unreadable)
     verdict = f"{count} problems" if count else "ok"
     click.echo(f"{verdict}: {report.rows_checked} rows checked, {report.seals_checked} seals")
-    if not report.ok or bad_anchors:
+    if count:
         sys.exit(1)
 
 
@@ -672,6 +820,60 @@ def tail(types: tuple[str, ...], after: int | None, include_test: bool) -> None:
         sys.exit(130)
 
 
+@cli.command()
+@click.argument(
+    "noun",
+    metavar="identity|transfer|orchestration",
+    type=click.Choice(["identity", "transfer", "orchestration"]),
+)
+@click.argument("subject_id", metavar="ID")
+@click.option("--as-of", help="Its state from the events that happened by then (RFC 3339).")
+@click.option("--known-at", help="Its state from what the store had recorded by then (RFC 3339).")
+@click.option(
+    "--history", "with_history", is_flag=True, help="Also its history, one line per event."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's shapes).")
+def show(
+    noun: str,
+    subject_id: str,
+    as_of: str | None,
+    known_at: str | None,
+    with_history: bool,
+    as_json: bool,
+) -> None:
+    """An identity, transfer or orchestration: its state now, or as of a time and as known at
+    a time (docs/projections.md#time-travel), and with --history the state after each event."""
+    from service.api.show import bounds
+    from service.api.show import show as show_subject
+    from service.web.problems import InvalidParameter
+
+    try:
+        when = bounds(as_of, known_at)
+    except InvalidParameter as exc:
+        name = exc.extensions["parameter"]
+        hint = "--" + name.replace("_", "-")
+        raise click.BadParameter(exc.detail.partition(": ")[2], param_hint=hint) from None
+    url = database_url(load_settings(check=False))
+    found = run_with_engine(
+        url,
+        lambda engine: show_subject(
+            engine,
+            noun,
+            subject_id,
+            when,
+            with_history=with_history,
+            as_json=as_json,
+            write=click.echo,
+        ),
+    )
+    if not found:
+        what = f"no {noun} with id {subject_id}"
+        if when is not None:
+            what = f"no event of {noun} {subject_id} qualifies (--as-of, --known-at)"
+        click.echo(f"paxos-events: {what}", err=True)
+        sys.exit(1)
+
+
 def _register_simulate() -> None:
     from service.simulator.commands import simulate
 
@@ -685,11 +887,24 @@ def main() -> None:
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+    # SIGTERM as SIGINT: an exception that unwinds (the exit handlers then stop the embedded
+    # PostgreSQL a command started) rather than the default, a death that skips them. `serve`
+    # and `worker` take both over while running, and stop cleanly on either.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cli(prog_name="paxos-events")
+    except BrokenPipeError:  # `paxos-events tail | head`: the reader went away
+        _closed_pipe()
     except (DBAPIError, PoolTimeout, ConnectionError, TimeoutError) as exc:
         # One line, never a trace (nor the URL: it may carry the password). The driver's own
         # message names host and port at most.
         cause = getattr(exc, "orig", None) or exc
         first = (str(cause).splitlines() or [""])[0]
-        _fail(f"database unreachable: {type(cause).__name__}: {first}")
+        _fail(
+            f"database unreachable: {type(cause).__name__}: {first} (check DATABASE_URL, and "
+            "that PostgreSQL runs and lets this host in)"
+        )
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt

@@ -10,7 +10,6 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.console import event_status
@@ -19,6 +18,7 @@ from service.store.jobs import get_job
 from service.web.auth import require_admin
 from service.web.openapi import problem
 from service.web.problems import Problem
+from service.web.query import UuidText, parse_uuid
 
 
 class Refetch(msgspec.Struct, frozen=True):
@@ -43,27 +43,24 @@ class AdminController(Controller):
     tags = ["admin"]
     guards = [require_admin]
 
-    @get("/jobs/{job_id:uuid}", summary="A job's state and progress")
-    async def job(
-        self, engine: NamedDependency[AsyncEngine], job_id: FromPath[uuid.UUID]
-    ) -> JobView:
+    @get("/jobs/{job_id:str}", summary="A job's state and progress")
+    async def job(self, engine: NamedDependency[AsyncEngine], job_id: UuidText) -> JobView:
         async with engine.connect() as conn:
-            found = await get_job(conn, job_id)
+            found = await get_job(conn, parse_uuid("job_id", job_id))
         if found is None:
             raise NotFoundException(f"no job with id {job_id}")
         return JobView(**found)
 
     @post(
-        "/events/{event_id:uuid}/refetch",
+        "/events/{event_id:str}/refetch",
         status_code=202,
         summary="Schedule a new Get Event for a pending, failed or not-found event now",
         responses={409: problem("The event is already fetched.")},
     )
-    async def refetch(
-        self, engine: NamedDependency[AsyncEngine], event_id: FromPath[uuid.UUID]
-    ) -> Refetch:
+    async def refetch(self, engine: NamedDependency[AsyncEngine], event_id: UuidText) -> Refetch:
+        event_uuid = parse_uuid("event_id", event_id)
         async with engine.begin() as conn:
-            status = await event_status(conn, event_id)
+            status = await event_status(conn, event_uuid)
             if status is None:
                 raise NotFoundException(f"no event with id {event_id}")
             if status == "fetched":
@@ -72,5 +69,5 @@ class AdminController(Controller):
                     status_code=409,
                     type_slug="already-fetched",
                 )
-            await make_due(conn, event_id)
-        return Refetch(event_id, "pending")
+            await make_due(conn, event_uuid)
+        return Refetch(event_uuid, "pending")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import msgspec
 from litestar import Controller, Response, get
@@ -15,6 +16,7 @@ from service.db.outages import STORE_ERRORS
 from service.settings import Settings
 from service.store.audit.anchors import SinkStatus, sink_status
 from service.store.fetch_queue import fetch_backlog
+from service.store.paxos_connection import PaxosConnection, read_connection
 from service.store.projections.checkpoints import lag as projection_lag
 from service.store.subscriptions import failing_subscriptions
 
@@ -48,6 +50,24 @@ class Ready(msgspec.Struct, frozen=True):
     # "ok", or "degraded" when a seal has waited more than AUDIT_ANCHOR_MAX_LAG_S for its
     # anchor in some sink of AUDIT_ANCHOR_URL; "off" without sinks. Degraded is still ready.
     anchoring: str | msgspec.UnsetType = msgspec.UNSET
+    # How the calls to Paxos go (left out when fetching is off): shown, never a reason to be
+    # unready, since the intake that Paxos needs works without it and fetching catches up.
+    paxos: PaxosView | msgspec.UnsetType = msgspec.UNSET
+
+
+class PaxosView(msgspec.Struct, frozen=True):
+    # "ok", "failing" (the latest token request failed, `token_error` says why) or "unknown"
+    # (none made yet).
+    token: str
+    token_error: str | None
+    token_checked_at: datetime | None
+    last_get_event_at: datetime | None
+
+
+def paxos_view(state: PaxosConnection) -> PaxosView:
+    """The API shape of the recorded Paxos connection."""
+    token = "unknown" if state.token_ok is None else "ok" if state.token_ok else "failing"
+    return PaxosView(token, state.token_error, state.token_checked_at, state.last_get_event_at)
 
 
 class ProjectionLag(msgspec.Struct, frozen=True):
@@ -98,6 +118,11 @@ class HealthController(Controller):
                     if current and settings.audit_anchor_url
                     else []
                 )
+                paxos = (
+                    paxos_view(await read_connection(conn))
+                    if current and fetching != "off"
+                    else msgspec.UNSET
+                )
         except STORE_ERRORS:
             return Response(
                 Ready("not_ready", "unreachable", "unknown", fetching=fetching), status_code=503
@@ -122,6 +147,7 @@ class HealthController(Controller):
             failing,
             seals="signed" if settings.audit_signing_key is not None else "unsigned",
             anchoring=_anchoring(settings, anchors),
+            paxos=paxos,
         )
         return Response(body, status_code=200 if ok else 503)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -12,7 +13,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromQuery, PathParameter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.notification import EventType
@@ -150,15 +151,21 @@ class ReconciliationController(Controller):
         async with engine.connect() as conn:
             return PassList([PassView(**row) for row in await recent_passes(conn, limit)])
 
-    @get("/reconciliation/{pass_id:int}", summary="One pass and the missed webhooks it found")
+    @get("/reconciliation/{pass_id:str}", summary="One pass and the missed webhooks it found")
     async def one_pass(
-        self, engine: NamedDependency[AsyncEngine], pass_id: FromPath[int]
+        self,
+        engine: NamedDependency[AsyncEngine],
+        pass_id: Annotated[str, PathParameter(pattern=r"^[0-9]+$", description="A pass id.")],
     ) -> PassDetail:
-        if not 1 <= pass_id <= _MAX_BIGINT:  # beyond the column's range: no such pass
-            raise NotFoundException(f"no reconciliation pass {pass_id}")
+        # Taken as text: a malformed id is a 400 naming it, not the router's bare 404.
+        if not re.fullmatch(r"[0-9]{1,19}", pass_id):
+            raise InvalidParameter("pass_id", f"{pass_id[:40]!r} is not a pass id (a number)")
+        number = int(pass_id)
+        if not 1 <= number <= _MAX_BIGINT:  # beyond the column's range: no such pass
+            raise NotFoundException(f"no reconciliation pass {number}")
         async with engine.connect() as conn:
-            row = await get_pass(conn, pass_id)
+            row = await get_pass(conn, number)
             if row is None:
-                raise NotFoundException(f"no reconciliation pass {pass_id}")
-            missed = await missed_in_pass(conn, pass_id)
+                raise NotFoundException(f"no reconciliation pass {number}")
+            missed = await missed_in_pass(conn, number)
             return PassDetail(PassView(**row), [Missed(**m) for m in missed])

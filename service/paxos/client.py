@@ -30,9 +30,11 @@ import msgspec
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db.outages import STORE_ERRORS
 from service.domain.paxos_event import Fetched, PaxosEvent
 from service.paxos.ratelimit import RateLimiter
 from service.settings import Settings
+from service.store.paxos_connection import record_get_event, record_token
 from service.telemetry import metrics
 
 log = structlog.get_logger(__name__)
@@ -148,6 +150,9 @@ class _EventsAnswer(msgspec.Struct):
 class _Problem(msgspec.Struct):
     title: str | None = None
     detail: str | None = None
+    # An OAuth2 token endpoint's error answer (RFC 6749 §5.2).
+    error: str | None = None
+    error_description: str | None = None
 
 
 _event_decoder = msgspec.json.Decoder(PaxosEvent)
@@ -160,6 +165,71 @@ _problem_decoder = msgspec.json.Decoder(_Problem)
 class _Token:
     value: str
     renew_at: float  # time.monotonic()
+
+
+# A token failure that goes on is logged again this often (every change at once).
+TOKEN_FAILURE_LOG_S = 60.0
+# A process records its latest successful Get Event at most this often.
+GET_EVENT_RECORD_S = 5.0
+
+
+class ConnectionReporter:
+    """Keeps the deployment's view of the Paxos connection (`store.paxos_connection`) up to
+    date from this process's calls, and logs token failures at WARNING with the reason.
+
+    Writes run beside the calls, never in their way (a slow or unreachable database must not
+    hold a fetch up), and a failed one is dropped: this is a report, never a reason to fail."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._writes: set[asyncio.Task[None]] = set()
+        self._last: asyncio.Task[None] | None = None
+        self._token: tuple[bool, str | None] | None = None
+        self._failure_logged_at = 0.0
+        self._get_event_recorded_at = -GET_EVENT_RECORD_S
+
+    async def token(self, ok: bool, error: str | None = None) -> None:
+        """A token request succeeded, or failed for `error`."""
+        now = time.monotonic()
+        changed = self._token != (ok, error)
+        if not ok and (changed or now - self._failure_logged_at >= TOKEN_FAILURE_LOG_S):
+            self._failure_logged_at = now
+            log.warning(
+                "Paxos refuses us a token: nothing can be fetched; check PAXOS_CLIENT_ID, "
+                "PAXOS_CLIENT_SECRET, PAXOS_SCOPE and PAXOS_TOKEN_URL",
+                reason=error,
+            )
+        elif ok and self._token is not None and not self._token[0]:
+            log.warning("Paxos gives us tokens again")
+        self._token = (ok, error)
+        self._write(lambda conn: record_token(conn, ok=ok, error=error))
+
+    async def get_event(self) -> None:
+        """A Get Event succeeded."""
+        now = time.monotonic()
+        if now - self._get_event_recorded_at < GET_EVENT_RECORD_S:
+            return
+        self._get_event_recorded_at = now
+        self._write(record_get_event)
+
+    def _write(self, statement: Any) -> None:
+        # In order: each write waits for the one before it (a token that failed and then
+        # succeeded must end as "ok").
+        before = self._last
+
+        async def write() -> None:
+            if before is not None:
+                await asyncio.wait([before])
+            try:
+                async with self._engine.begin() as conn:
+                    await statement(conn)
+            except STORE_ERRORS as exc:
+                log.debug("Paxos connection state not recorded", error=type(exc).__name__)
+
+        task = asyncio.create_task(write(), name="paxos-connection-state")
+        self._last = task
+        self._writes.add(task)  # held until done: a task nobody holds may be collected
+        task.add_done_callback(self._writes.discard)
 
 
 @dataclass
@@ -177,6 +247,7 @@ class TokenProvider:
     client_secret: str = field(repr=False)
     scope: str
     limiter: RateLimiter
+    reporter: ConnectionReporter | None = None
     refreshes: int = 0
     _token: _Token | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
@@ -190,7 +261,14 @@ class TokenProvider:
             current = self._token
             if current is not None and time.monotonic() < current.renew_at:
                 return current.value  # another caller refreshed it while we waited
-            self._token = await self._request()
+            try:
+                self._token = await self._request()
+            except PaxosError as exc:
+                if self.reporter is not None:
+                    await self.reporter.token(False, str(exc))
+                raise
+            if self.reporter is not None:
+                await self.reporter.token(True)
             return self._token.value
 
     def invalidate(self, value: str) -> None:
@@ -243,8 +321,10 @@ class PaxosClient:
         *,
         timeout: httpx.Timeout = CALL_TIMEOUT,
         connections: int = 8,
+        reporter: ConnectionReporter | None = None,
     ) -> None:
         self._http = http
+        self._reporter = reporter
         self._api_url = api_url.rstrip("/")
         self.tokens = tokens
         self.limiter = limiter
@@ -259,11 +339,14 @@ class PaxosClient:
         params = {"is_test": "true"} if is_test else {}
         response = await self._call(f"/events/{event_id}", params)
         try:
-            return Fetched(_event_decoder.decode(response.content), response.text)
+            fetched = Fetched(_event_decoder.decode(response.content), response.text)
         except msgspec.DecodeError as exc:
             raise PaxosProtocolError(
                 f"Get Event answered a body that is not an Event: {exc}"
             ) from None
+        if self._reporter is not None:
+            await self._reporter.get_event()
+        return fetched
 
     async def list_events(self, filters: ListFilter, page_cursor: str | None = None) -> EventsPage:
         """List Events: one page."""
@@ -400,7 +483,8 @@ def _error_from(response: httpx.Response, what: str) -> PaxosError:
     detail: str | None = None
     try:
         problem = _problem_decoder.decode(response.content)
-        detail = problem.detail or problem.title
+        oauth = ": ".join(x for x in (problem.error, problem.error_description) if x)
+        detail = problem.detail or problem.title or oauth or None
     except msgspec.DecodeError:
         pass
     message = f"{what}: HTTP {status}" + (f" ({detail})" if detail else "")
@@ -416,8 +500,11 @@ def _error_from(response: httpx.Response, what: str) -> PaxosError:
 
 
 def build_client(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient) -> PaxosClient:
-    """The Paxos client, with the deployment-wide limits on API calls and token requests."""
+    """The Paxos client, with the deployment-wide limits on API calls and token requests, and
+    its calls' outcomes recorded for /health/ready and the console."""
+    reporter = ConnectionReporter(engine)
     tokens = TokenProvider(
+        reporter=reporter,
         http=http,
         token_url=settings.paxos_token_url,
         client_id=settings.paxos_client_id or "",
@@ -437,4 +524,5 @@ def build_client(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClien
         limiter,
         timeout=timeout,
         connections=settings.paxos_max_connections,
+        reporter=reporter,
     )

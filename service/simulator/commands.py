@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import sys
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,8 @@ def _until_default() -> datetime:
 def _parse_until(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime:
     if value is None:
         return _until_default()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        value += "T00:00:00Z"  # a date alone: midnight UTC, as every time option reads it
     try:
         ns = parse_rfc3339_ns(value)
     except ValueError:

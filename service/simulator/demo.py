@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import secrets
 import socket
+import sys
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,9 +30,15 @@ import uvicorn
 from service.db.outages import STORE_ERRORS
 from service.db.runtime import opened_engine
 from service.settings import Settings, WebhookAuth
+from service.simulator.demo_files import (
+    SECRETS_FILE,
+    kept_secrets,
+    record_running,
+    write_private,
+)
 from service.simulator.sender import ApiKeyAuth, Auth, OAuthAuth, send
 from service.simulator.server import SimulatorConfig, create_simulator
-from service.simulator.universe import generate_universe
+from service.simulator.universe import SimEvent, format_rfc3339_ns, generate_universe, to_ns
 from service.store import subscriptions as store
 from service.web.standard_webhooks import new_secret, signature
 
@@ -44,11 +53,23 @@ DEMO_SUBSCRIPTION = "demo-receiver"  # the demo's own push subscription (every e
 
 
 class _QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the main server of the process."""
+    """A uvicorn server that leaves signal handling and the "Started server process" lines
+    to the main server of the process."""
 
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[no-untyped-def]
         yield
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn's own serve, less its process lines: the service's server logs those once.
+        if not self.config.loaded:
+            self.config.load()
+        self.lifespan = self.config.lifespan_class(self.config)
+        await self.startup(sockets=sockets)
+        if not self.should_exit:
+            await self.main_loop()
+        if self.started:
+            await self.shutdown(sockets=sockets)
 
 
 def _loopback_socket() -> socket.socket:
@@ -61,18 +82,28 @@ def _loopback_socket() -> socket.socket:
 def fill_in(settings: Settings) -> tuple[Settings, frozenset[str]]:
     """What a demo needs and was not set, made up: a read token, an admin token and (with
     WEBHOOK_AUTH=api_key) a webhook key. Also the names of the settings made up: the banner
-    shows their values, and only theirs."""
+    shows their values, and only theirs.
+
+    Made-up values are kept in DATA_DIR/demo-secrets.json (mode 0600) and reused on the next
+    start: a token printed once stays valid until DATA_DIR is removed (`make clean`)."""
+    kept = kept_secrets(settings.data_dir)
     changes: dict[str, object] = {}
     made_up: set[str] = set()
+
+    def make_up(name: str, field: str) -> None:
+        value = kept.get(name) or secrets.token_urlsafe(24)
+        kept[name] = value
+        changes[field] = (value,)
+        made_up.add(name)
+
     if not settings.api_read_tokens:
-        changes["api_read_tokens"] = (secrets.token_urlsafe(24),)
-        made_up.add("API_READ_TOKENS")
+        make_up("API_READ_TOKENS", "api_read_tokens")
     if not settings.api_admin_tokens:
-        changes["api_admin_tokens"] = (secrets.token_urlsafe(24),)
-        made_up.add("API_ADMIN_TOKENS")
+        make_up("API_ADMIN_TOKENS", "api_admin_tokens")
     if settings.webhook_auth is WebhookAuth.API_KEY and not settings.webhook_api_keys:
-        changes["webhook_api_keys"] = (secrets.token_urlsafe(24),)
-        made_up.add("WEBHOOK_API_KEYS")
+        make_up("WEBHOOK_API_KEYS", "webhook_api_keys")
+    if made_up:
+        write_private(settings.data_dir / SECRETS_FILE, kept)
     return settings.replace(**changes), frozenset(made_up)
 
 
@@ -105,17 +136,50 @@ def _sender_auth(settings: Settings) -> Auth | None:
             return None
 
 
-async def serve_demo(
-    settings: Settings, server_config: Callable[[Settings], uvicorn.Config]
-) -> None:
-    """Run the simulator, the service and the webhook stream until stopped.
+def example_event(now: datetime) -> SimEvent:
+    """The event of the banner's "send a webhook" line: a test event (as the Dashboard's Test
+    button sends) that the simulator knows and the sample stream never sends, so the webhook
+    the person sends is fetched like any other; test events are not what the reconciler lists.
+    """
+    ns = to_ns(now)
+    event_id = str(uuid.uuid4())
+    return SimEvent(
+        id=event_id,
+        type="identity.approved",
+        object_type="identity_summary_status_change",
+        object={
+            "id": str(uuid.uuid4()),
+            "identity_id": str(uuid.uuid4()),
+            "old_summary_status": "PENDING",
+            "new_summary_status": "APPROVED",
+        },
+        created_at=format_rfc3339_ns(ns),
+        undelivered_webhooks=0,
+        is_test=True,
+        created_at_ns=ns,
+        subject_id=event_id,
+    )
 
-    `server_config` builds the service's server from the settings pointed at the simulator.
+
+async def serve_demo(
+    settings: Settings,
+    made_up: frozenset[str],
+    new_server: Callable[[Settings], uvicorn.Server],
+    sock: socket.socket,
+    *,
+    database_setting: str | None,
+) -> None:
+    """Print the banner, then run the simulator, the service (on `sock`) and the webhook
+    stream until stopped.
+
+    `new_server` builds the service's server from the settings pointed at the simulator;
+    `database_setting` is DATABASE_URL as configured (None: the embedded database).
     """
     secret = secrets.token_urlsafe(24)
     now = datetime.now(UTC)
-    # Events happen as the demo runs: each is created about when its webhook is sent, so the
-    # reconciler (every minute here) finds exactly the webhooks the demo drops on purpose.
+    # Events happen as the demo runs: each is created about when its webhook is sent (never
+    # after: the stream waits for each event's time), so the reconciler (every minute here)
+    # finds exactly the webhooks the demo drops on purpose.
     universe = generate_universe(
         DEMO_EVENTS,
         start=now + timedelta(seconds=2),
@@ -123,15 +187,22 @@ async def serve_demo(
         test_ratio=0.02,
         seed=secrets.randbelow(2**31),
     )
+    notifications = universe.notifications()
+    example = example_event(now)
+    universe.add(example)  # known to the simulator, never in the stream
     simulator = create_simulator(
         SimulatorConfig(universe=universe, client_id=DEMO_CLIENT_ID, client_secret=secret)
     )
-    sock = _loopback_socket()
-    settings = demo_settings(settings, sock.getsockname()[1], secret)
+    paxos_sock = _loopback_socket()
+    settings = demo_settings(settings, paxos_sock.getsockname()[1], secret)
     paxos = _QuietServer(
         uvicorn.Config(simulator, log_config=None, access_log=False, lifespan="off")
     )
-    paxos_task = asyncio.create_task(paxos.serve(sockets=[sock]), name="demo-paxos")
+    # The banner is for the person at the terminal, not for the log stream; it shows only
+    # the secrets the demo made up, never a configured one.
+    print(banner(settings, made_up, example), file=sys.stderr, flush=True)
+    running = record_running(settings, database_setting)
+    paxos_task = asyncio.create_task(paxos.serve(sockets=[paxos_sock]), name="demo-paxos")
     receiver = DemoReceiver()
     receiver_sock = _loopback_socket()
     receiver_server = _QuietServer(
@@ -140,23 +211,22 @@ async def serve_demo(
     receiver_task = asyncio.create_task(
         receiver_server.serve(sockets=[receiver_sock]), name="demo-receiver"
     )
-    service = uvicorn.Server(server_config(settings))
-    stream = asyncio.create_task(
-        _stream(settings, service, universe.notifications()), name="demo-webhooks"
-    )
+    service = new_server(settings)
+    stream = asyncio.create_task(_stream(settings, service, notifications), name="demo-webhooks")
     receiver_url = f"http://127.0.0.1:{receiver_sock.getsockname()[1]}/hook"
     subscribe = asyncio.create_task(
         _subscribe(settings, service, receiver, receiver_url), name="demo-subscription"
     )
     try:
-        await service.serve()
+        await service.serve(sockets=[sock])
     finally:
+        running.unlink(missing_ok=True)
         stream.cancel()
         subscribe.cancel()
         paxos.should_exit = True
         receiver_server.should_exit = True
         await asyncio.gather(stream, subscribe, paxos_task, receiver_task, return_exceptions=True)
-        sock.close()
+        paxos_sock.close()
         receiver_sock.close()
 
 
@@ -263,15 +333,19 @@ async def _stream(
             rate=DEMO_RATE,
             duplicates=0.05,
             drop=DEMO_DROP,
+            # Never before the event's own time: a webhook does not announce the future.
+            paced_by_time=True,
         )
     log.info("demo: every sample webhook delivered", delivered=len(report.delivered))
 
 
-def banner(settings: Settings, made_up: frozenset[str]) -> str:
-    """What `serve --demo` shows the person at the terminal: where, the tokens, curl lines.
+def banner(settings: Settings, made_up: frozenset[str], example: SimEvent | None = None) -> str:
+    """What `serve --demo` shows the person at the terminal: where, the tokens, curl lines,
+    what the demo does on purpose, where its secrets are kept and how to stop and reset it.
 
     Only the secrets `fill_in` made up (named in `made_up`) are shown; a configured one is
-    named by its setting, never printed: the terminal may be a container's log."""
+    named by its setting, never printed: the terminal may be a container's log. `example` is
+    the event of the "send a webhook" line (`example_event`)."""
 
     def shown(name: str, values: tuple[str, ...]) -> tuple[str, str]:
         # (for the list, for the curl lines)
@@ -285,6 +359,10 @@ def banner(settings: Settings, made_up: frozenset[str]) -> str:
         "",
         f"Paxos Event Store (demo) on {base}",
         "  fetching from a built-in Paxos simulator, which also sends it sample webhooks",
+        f"  about {DEMO_DROP:.0%} of them are dropped on purpose, as a lost delivery would be: "
+        "the reconciler",
+        f"  (List Events, every {DEMO_RECONCILE_INTERVAL_S} s here) finds them and logs "
+        '"missed webhook"',
         f"  pushing every event to a receiver of its own: subscription {DEMO_SUBSCRIPTION}",
         f"  read token:  {read}",
         f"  admin token: {shown('API_ADMIN_TOKENS', settings.api_admin_tokens)[0]}",
@@ -292,19 +370,28 @@ def banner(settings: Settings, made_up: frozenset[str]) -> str:
     if settings.webhook_auth is WebhookAuth.API_KEY:
         header = settings.webhook_api_key_header
         key, key_in_curl = shown("WEBHOOK_API_KEYS", settings.webhook_api_keys)
-        lines += [
-            f"  webhook key: {header}: {key}",
-            "",
-            "Send a webhook:",
-            f"  curl -s {base}/webhooks/paxos -H 'Content-Type: application/json' "
-            f"-H '{header}: {key_in_curl}' -d '{{\"id\": \"'$(python3 -c "
-            '\'import uuid; print(uuid.uuid4())\')\'", "type": "identity.approved", '
-            '"source": "com.paxos", "time": "2026-01-07T14:30:02Z", "object": "event"}\'',
-        ]
+        lines.append(f"  webhook key: {header}: {key}")
+        if example is not None:
+            body = json.dumps(example.notification())
+            lines += [
+                "",
+                "Send a webhook (a test event the simulator knows: fetched within seconds; "
+                'sent again: "duplicate"):',
+                f"  curl -s {base}/webhooks/paxos -H 'Content-Type: application/json' "
+                f"-H '{header}: {key_in_curl}' -d '{body}'",
+            ]
     lines += [
         "",
         "List events:",
         f"  curl -s -H 'Authorization: Bearer {read_in_curl}' '{base}/events?limit=10'",
         "",
     ]
+    if made_up:
+        where = settings.data_dir / SECRETS_FILE
+        lines += [
+            f"The tokens and key above are kept in {where} (mode 0600) and reused on the next",
+            "start. Stop with Ctrl-C (the embedded PostgreSQL stops too); reset everything,",
+            "once stopped, with `make clean` (removes DATA_DIR and .venv).",
+            "",
+        ]
     return "\n".join(lines)

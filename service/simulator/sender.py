@@ -17,6 +17,7 @@ import asyncio
 import heapq
 import random
 import secrets
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -200,6 +201,15 @@ class _Copy:
     body: bytes
     retries: int = 0
     first_attempt_at: float | None = None
+    # Wall-clock seconds before which the first attempt is not made (`paced_by_time`).
+    not_before: float | None = None
+
+
+def _wall_time(notification: Mapping[str, Any]) -> float:
+    """The notification's `time` in seconds since the epoch."""
+    from service.simulator.universe import NS, parse_rfc3339_ns
+
+    return parse_rfc3339_ns(str(notification["time"])) / NS
 
 
 async def send(
@@ -216,6 +226,7 @@ async def send(
     timeout_s: float = 10.0,
     concurrency: int = 100,
     seed: int | None = None,
+    paced_by_time: bool = False,
 ) -> SendReport:
     """Deliver `notifications` to `target` the way Paxos would, and report what happened.
 
@@ -223,7 +234,9 @@ async def send(
     webhook rate limit does. `duplicates` is the chance that a notification is delivered
     twice, `drop` the chance that it is never delivered. Without `shuffle` notifications go
     in the order given, duplicates last. A copy is retried on any non-2xx answer or no answer
-    within `timeout_s`, per `retry`, until its horizon has passed.
+    within `timeout_s`, per `retry`, until its horizon has passed. With `paced_by_time`, no
+    notification is sent before its `time` (a duplicate 5 s after it), as Paxos cannot announce
+    an event that has not happened yet: the demo's stream of events created as it runs.
     """
     for name, value in (("duplicates", duplicates), ("drop", drop)):
         if not 0.0 <= value <= 1.0:
@@ -248,10 +261,11 @@ async def send(
             report.dropped.append(event_id)
             continue
         body = msgspec.json.encode(notification)
-        copies.append(_Copy(event_id, body))
+        at = _wall_time(notification) if paced_by_time else None
+        copies.append(_Copy(event_id, body, not_before=at))
         if rng.random() < duplicates:
             report.duplicated.append(event_id)
-            seconds.append(_Copy(event_id, body))
+            seconds.append(_Copy(event_id, body, not_before=None if at is None else at + 5.0))
     copies += seconds
     if shuffle:
         rng.shuffle(copies)
@@ -310,9 +324,13 @@ class _Delivery:
     async def run(self, copies: list[_Copy]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        wall = time.time()
         for copy in copies:
             self.copies[copy.event_id] += 1
-            self._push(started, copy)
+            due = started
+            if copy.not_before is not None:
+                due += max(0.0, copy.not_before - wall)
+            self._push(due, copy)
         try:
             await self._dispatch(started)
         finally:

@@ -9,11 +9,13 @@ be accepted. The read API and the console parse /events queries alike; the other
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Annotated, Any
 
 from litestar.datastructures import MultiDict
+from litestar.params import PathParameter
 
 from service.domain.stored import EVENT_STATUSES, EventFilter, Position
 from service.web.cursor import decode_cursor
@@ -182,6 +184,32 @@ def _parse_is_test(value: str | None) -> bool | None:
     return value == "true"
 
 
+# A path parameter that must be a UUID, taken as text so that a malformed one is a 400 naming
+# the parameter (`parse_uuid`) rather than a bare 404 from the router; documented as a UUID.
+UuidText = Annotated[str, PathParameter(schema_extra={"format": "uuid"})]
+
+
+def parse_uuid(name: str, value: str) -> uuid.UUID:
+    """`value` as a UUID; an `InvalidParameter` naming `name` when it is not one."""
+    try:
+        if len(value) > 45:  # the longest form uuid.UUID reads: urn:uuid:...
+            raise ValueError(value)
+        return uuid.UUID(value)
+    except ValueError:
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise InvalidParameter(
+            name, f"{shown!r} is not a UUID, such as 6f2c7d3e-1b1a-4f7e-9a43-0c1c1c1c1c1c"
+        ) from None
+
+
+def enum_value(value: str | None, *, upper: bool) -> str | None:
+    """An enum filter's value in the case its values are stored in (Paxos's enums are upper
+    case, the service's own statuses lower case), so that any case finds them."""
+    if value is None:
+        return None
+    return value.upper() if upper else value.lower()
+
+
 def parse_identity_id(value: str | None) -> str | None:
     """An identity id of 1 to `MAX_VALUE_LENGTH` characters, or None."""
     if value is None:
@@ -192,8 +220,8 @@ def parse_identity_id(value: str | None) -> str | None:
 
 
 def _parse_choice(name: str, value: str | None, choices: tuple[str, ...]) -> str | None:
-    if value is None or value in choices:
-        return value
+    if value is None or enum_value(value, upper=False) in choices:
+        return enum_value(value, upper=False)
     raise InvalidParameter(name, f"{value!r}: must be one of {', '.join(choices)}")
 
 

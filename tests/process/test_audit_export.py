@@ -50,7 +50,8 @@ async def test_the_export_command(
     assert to_stdout.returncode == 0, to_stdout.stderr
     assert len(list(csv.DictReader(io.StringIO(to_stdout.stdout)))) == 4
 
-    bad = cli(database_url, "export", "--since", "2026-01-07", "--until", WINDOW["until"])
+    # A time without an offset is refused (a date alone is midnight UTC: test_cli_output.py).
+    bad = cli(database_url, "export", "--since", "2026-01-07T00:00:00", "--until", WINDOW["until"])
     assert bad.returncode == 2
     assert "--since" in bad.stderr
 

@@ -34,10 +34,12 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-async def test_demo_shows_fetched_events_within_seconds(database_url: str) -> None:
+async def test_demo_shows_fetched_events_within_seconds(database_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAXOS_", "WEBHOOK_", "API_"))}
-    env.update(DATABASE_URL=database_url, PORT=str(port), LOG_LEVEL="warning")
+    env.update(
+        DATABASE_URL=database_url, PORT=str(port), LOG_LEVEL="warning", DATA_DIR=str(tmp_path)
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--demo"],
         cwd=ROOT,
@@ -111,13 +113,17 @@ async def test_demo_shows_fetched_events_within_seconds(database_url: str) -> No
             process.stdout.close()
 
 
-async def _demo_receiver_after(database_url: str, delivered_before: int) -> dict[str, Any]:
+async def _demo_receiver_after(
+    database_url: str, delivered_before: int, data_dir: Path
+) -> dict[str, Any]:
     """Run `serve --demo` until its subscription has delivered more than `delivered_before`
     (its receiver acknowledges only what carries a signature of this run's secret); the
     subscriptions then listed."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAXOS_", "WEBHOOK_", "API_"))}
-    env.update(DATABASE_URL=database_url, PORT=str(port), LOG_LEVEL="warning")
+    env.update(
+        DATABASE_URL=database_url, PORT=str(port), LOG_LEVEL="warning", DATA_DIR=str(data_dir)
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--demo"],
         cwd=ROOT,
@@ -162,15 +168,15 @@ async def _demo_receiver_after(database_url: str, delivered_before: int) -> dict
 
 @pytest.mark.slow
 async def test_a_restarted_demo_keeps_its_one_subscription_and_delivers_on(
-    database_url: str,
+    database_url: str, tmp_path: Path
 ) -> None:
-    first = (await _demo_receiver_after(database_url, 0))["items"]
+    first = (await _demo_receiver_after(database_url, 0, tmp_path))["items"]
     assert [s["name"] for s in first] == ["demo-receiver"]
     # Another run: the same subscription, this run's receiver (another port), a new secret
     # (what the old one signed would be refused with 401, not counted as delivered).
-    second = (await _demo_receiver_after(database_url, first[0]["deliveries"]["delivered"]))[
-        "items"
-    ]
+    second = (
+        await _demo_receiver_after(database_url, first[0]["deliveries"]["delivered"], tmp_path)
+    )["items"]
     assert [s["name"] for s in second] == ["demo-receiver"]
     assert second[0]["url"] != first[0]["url"]
     assert second[0]["state"] == "active"

@@ -29,7 +29,7 @@ import contextlib
 import csv
 import io
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -203,9 +203,14 @@ def _seal_summary(seal: SealInfo | None) -> dict[str, Any] | None:
 
 
 async def export(
-    engine: AsyncEngine, query: ExportQuery, *, batch: int = BATCH
+    engine: AsyncEngine,
+    query: ExportQuery,
+    *,
+    batch: int = BATCH,
+    on_trailer: Callable[[dict[str, Any]], None] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The export of `query`, a chunk (`batch` records) at a time; the trailer last."""
+    """The export of `query`, a chunk (`batch` records) at a time; the trailer last (also
+    handed to `on_trailer`, for a summary)."""
     encoder = msgspec.json.Encoder()
     async with engine.connect() as conn:
         start_head = await head(conn)
@@ -247,6 +252,8 @@ async def export(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pending
     trailer = await _trailer(engine, query, count, span)
+    if on_trailer is not None:
+        on_trailer(trailer)
     if query.format == "csv":
         yield _csv_lines(
             [["trailer", *([""] * (len(CSV_COLUMNS) - 2)), encoder.encode(trailer).decode()]]
