@@ -32,6 +32,7 @@ from service.store.jobs import JOBS_CHANNEL, Handler
 from service.store.subscriptions import SUBSCRIPTIONS_CHANNEL
 from service.subscriptions.delivery import RetryPolicy as PushRetryPolicy
 from service.subscriptions.runner import Deliveries
+from service.ui.sampler import ActivitySampler
 
 log = structlog.get_logger(__name__)
 
@@ -160,6 +161,10 @@ async def running_background(
         asyncio.create_task(supervise("jobs", jobs.run), name="jobs"),
         asyncio.create_task(supervise("projector", projector.run), name="projector"),
         asyncio.create_task(supervise("sealer", sealer.run), name="sealer"),
+        # The console's activity charts: every process samples (its writes agree).
+        asyncio.create_task(
+            supervise("activity", ActivitySampler(engine).run), name="activity-sampler"
+        ),
         asyncio.create_task(supervise("subscriptions", deliveries.run), name="subscriptions"),
         asyncio.create_task(
             supervise("listener", lambda: listen(database_url, wakeups)), name="notify-listener"

@@ -47,6 +47,9 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "events": ("SELECT", "INSERT"),
     "service_keys": ("SELECT", "INSERT", "UPDATE"),
     "rate_limits": ("SELECT", "INSERT", "UPDATE"),
+    "paxos_connection": ("SELECT", "INSERT", "UPDATE"),
+    # The console's per-minute samples: upserted by every process, pruned after 7 days.
+    "activity_samples": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "jobs": ("SELECT", "INSERT", "UPDATE"),
     "reconcile_passes": ("SELECT", "INSERT", "UPDATE"),
     "reconcile_missed": ("SELECT", "INSERT"),

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     Computed,
     DateTime,
+    Double,
     ForeignKey,
     Identity,
     Index,
@@ -83,6 +84,9 @@ JOURNAL_DOC = f"CASE WHEN kind = 'event' THEN {as_jsonb('body')} END"
 # Which events are a transfer's, and by what (migration 0008 writes both out).
 TRANSFER_EVENTS = "starts_with(type, 'transfer.')"
 TRANSFER_OBJECT_ID = "((detail -> 'object'::text) ->> 'id'::text)"
+# Which events are an orchestration's (migration 0015 writes it out; the id is found as a
+# transfer's is, TRANSFER_OBJECT_ID).
+ORCHESTRATION_EVENTS = "starts_with(type, 'orchestration.')"
 # A type's family: its text up to and including its first dot (`identity.` for
 # `identity.kyc_refresh.started`, empty without a dot), what a type prefix filter looks up
 # (migration 0010 writes it out; written as PostgreSQL renders it, so `alembic check` agrees).
@@ -119,6 +123,11 @@ journal = Table(
     CheckConstraint(f"kind IN {JOURNAL_KINDS!r}", name="kind"),
 )
 Index("ix_journal_xid_position", journal.c.xid, journal.c.position)
+# A minute of the journal by recorded_at (the console's activity counts, store/activity.py):
+# the journal is append-only, so its physical order follows recorded_at, and a BRIN index (a
+# few pages for millions of rows, nearly free for the intake to keep up) finds that minute
+# without reading the rest. Built CONCURRENTLY by 0017.
+Index("ix_journal_recorded_at_brin", journal.c.recorded_at, postgresql_using="brin")
 
 events = Table(
     "events",
@@ -221,6 +230,16 @@ Index(
     events.c.event_id,
     postgresql_where=text(TRANSFER_EVENTS),
 )
+# An orchestration's events (its state as of any time, its history: store/projections/
+# history.py), found like a transfer's. Partial: orchestration events only. Built
+# CONCURRENTLY by 0015.
+Index(
+    "ix_events_orchestration_object_id_time_event_id",
+    text(TRANSFER_OBJECT_ID),
+    events.c.time,
+    events.c.event_id,
+    postgresql_where=text(ORCHESTRATION_EVENTS),
+)
 # The fetch queue's claim scans only what is due.
 Index(
     "ix_events_pending_next_attempt_at",
@@ -248,6 +267,23 @@ rate_limits = Table(
     Column("tat", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     # Set by a 429 from Paxos: no process calls before then.
     Column("paused_until", DateTime(timezone=True), nullable=True),
+)
+
+# How the deployment's connection to Paxos is doing (store/paxos_connection.py), for
+# /health/ready and the console: one row, written by every process that calls Paxos, since
+# `serve --no-background` fetches nothing itself and must still show what the workers see. The
+# token's state is written when it changes; the last successful Get Event at most every few
+# seconds per process, not once per call.
+paxos_connection = Table(
+    "paxos_connection",
+    metadata,
+    Column("name", Text, primary_key=True),
+    # null: no token asked for yet; then whether the latest token request succeeded.
+    Column("token_ok", Boolean, nullable=True),
+    # Why the latest token request failed (Paxos's own words or the transport's; no secret).
+    Column("token_error", Text, nullable=True),
+    Column("token_checked_at", DateTime(timezone=True), nullable=True),
+    Column("last_get_event_at", DateTime(timezone=True), nullable=True),
 )
 
 JOB_STATES = ("queued", "running", "done", "failed")
@@ -629,4 +665,24 @@ subscription_deliveries = Table(
     Column("outcome", Text, nullable=False),
     Column("count", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("subscription_id", "outcome"),
+)
+
+# The console's activity charts: one row per minute (UTC), kept 7 days, written by each
+# process's sampler (service/ui/sampler.py). Any number of processes may write at once and
+# agree: the journal counts are recounted (the same numbers whoever writes them), the gauges
+# are the deployment's state (read from the database, so the last writer is as right as the
+# first), and Get Event failures are each process's own, added to the row.
+activity_samples = Table(
+    "activity_samples",
+    metadata,
+    Column("minute", DateTime(timezone=True), primary_key=True),
+    Column("received", Integer, nullable=False, server_default="0"),  # journal notifications
+    Column("fetched", Integer, nullable=False, server_default="0"),  # journal full events
+    Column("failed", Integer, nullable=False, server_default="0"),  # Get Events not fetched
+    # Sampled during the minute (NULL: nothing sampled then, the chart shows a gap).
+    Column("backlog", Integer, nullable=True),
+    Column("fetch_lag_s", Double, nullable=True),
+    Column("projection_behind", Integer, nullable=True),
+    Column("projection_lag_s", Double, nullable=True),
+    Column("sampled_at", DateTime(timezone=True), nullable=True),
 )

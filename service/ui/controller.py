@@ -20,7 +20,8 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from service.ui import filters
+from service.ui import filters, labels
+from service.ui.activity import ActivityPages
 from service.ui.errors import EXCEPTION_HANDLERS, security_headers, static_headers
 from service.ui.events import EventPages
 from service.ui.identities import IdentityPages
@@ -45,6 +46,7 @@ def console_handlers() -> list[Any]:
                 IdentityPages,
                 TransferPages,
                 PipelinePages,
+                ActivityPages,
                 SubscriptionPages,
             ],
             dependencies=DEPENDENCIES,
@@ -69,6 +71,8 @@ def _configure(engine: JinjaTemplateEngine) -> None:
     env = engine.engine
     env.filters["utc"] = filters.utc
     env.filters["age"] = filters.age
+    env.filters["job_label"] = labels.job_label
+    env.filters["job_value"] = labels.job_value
     env.globals["page_size"] = PAGE_SIZE
 
 

@@ -16,6 +16,8 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from service.db.outages import is_store_outage
+from service.ui.session import SESSION_COOKIE, Session
+from service.ui.session import read as read_session
 from service.web.problems import EXCEPTION_HANDLERS as PROBLEM_HANDLERS
 
 log = structlog.get_logger(__name__)
@@ -54,7 +56,7 @@ def error_page(request: Request[Any, Any, State], exc: Exception) -> Response[An
         status, message = HTTP_500_INTERNAL_SERVER_ERROR, "Something went wrong on our side."
     return Template(
         "error.html",
-        context={"status": status, "message": message, "session": None},
+        context={"status": status, "message": message, "session": _session(request)},
         status_code=status,
         headers=dict(SECURITY_HEADERS),
     )
@@ -63,6 +65,19 @@ def error_page(request: Request[Any, Any, State], exc: Exception) -> Response[An
 # The same keys as the app's handlers (problem documents), so these win on /ui: Litestar
 # picks the handler of the nearest class in the exception's MRO before the nearest layer.
 EXCEPTION_HANDLERS = dict.fromkeys(PROBLEM_HANDLERS, error_page)
+
+
+def _session(request: Request[Any, Any, State]) -> Session | None:
+    """Who is signed in, for the error page's navigation: read from the cookie with the key
+    this process has already loaded (a handler cannot await here); None if it has not."""
+    state = request.app.state
+    key, settings = state.get("ui_session_key"), state.get("settings")
+    if key is None or settings is None:
+        return None
+    try:
+        return read_session(key, settings, request.cookies.get(SESSION_COOKIE))
+    except Exception:  # noqa: BLE001 - an error page must render whatever the cookie holds
+        return None
 
 
 def _path_and_query(request: Request[Any, Any, State]) -> str:

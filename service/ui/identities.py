@@ -1,4 +1,5 @@
-"""An identity's page: its projected state and its events, newest first, a page at a time."""
+"""The identities pages: the list (by summary status, control, last event time; keyset paged)
+and one identity: its state now or as of a time, what each event changed, and its events."""
 
 from __future__ import annotations
 
@@ -14,36 +15,104 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.stored import Position
 from service.store.events import list_events
-from service.store.projections.read import get_identity
+from service.store.projections.history import state_as_of
+from service.store.projections.read import get_identity, list_identities
 from service.ui.errors import ConsoleError
 from service.ui.pages import PAGE_SIZE, page
 from service.ui.session import Session
+from service.ui.subjects import decode_key, read_form, timeline
 from service.web.cursor import encode_cursor
 from service.web.problems import InvalidParameter
 from service.web.query import parse_query
 
+SUMMARY_STATUSES = ("PENDING", "APPROVED", "DENIED", "DISABLED", "ERROR")
+LIST_FIELDS = ("summary_status", "control_type", "changed_since", "changed_until")
+AS_OF_FIELDS = ("as_of", "known_at")
+
 
 class IdentityPages(Controller):
     path = "/identities"
+
+    @get("/")
+    async def identities_page(
+        self,
+        request: Request[Any, Any, State],
+        session: NamedDependency[Session],
+        reader: NamedDependency[AsyncEngine],
+    ) -> Template:
+        params = request.query_params
+        form = read_form(params, LIST_FIELDS, ("changed_since", "changed_until"))
+        after = params.get("after") or None
+        rows: list[dict[str, Any]] = []
+        next_url = None
+        if not form.problems:
+            async with reader.connect() as conn:
+                found = await list_identities(
+                    conn,
+                    # Stored as Paxos sends them, in capitals: any case typed finds them.
+                    summary_status=form.typed["summary_status"].upper() or None,
+                    control_type=form.typed["control_type"].upper() or None,
+                    changed_since=form.times["changed_since"],
+                    changed_until=form.times["changed_until"],
+                    after=after,
+                    limit=PAGE_SIZE,
+                )
+            rows = found.rows
+            if found.more:
+                query = [(k, v) for k, v in form.typed.items() if v]
+                next_url = "/ui/identities?" + urlencode(
+                    [*query, ("after", rows[-1]["identity_id"])]
+                )
+        return page(
+            "identities.html",
+            session,
+            status_code=400 if form.problems else 200,
+            nav="identities",
+            form=form,
+            rows=rows,
+            next_url=next_url,
+            first_page=after is None,
+            statuses=SUMMARY_STATUSES,
+        )
 
     @get("/{identity_id:str}")
     async def identity_page(
         self,
         request: Request[Any, Any, State],
         session: NamedDependency[Session],
-        engine: NamedDependency[AsyncEngine],
+        reader: NamedDependency[AsyncEngine],
         identity_id: FromPath[str],
     ) -> Template:
-        cursor = request.query_params.get("cursor")
+        params = request.query_params
+        form = read_form(params, AS_OF_FIELDS, AS_OF_FIELDS)
+        cursor = params.get("cursor")
         try:
             query = parse_query(
                 MultiDict([("cursor", cursor)] if cursor else []), identity_id=identity_id
             )
         except InvalidParameter as exc:
             raise ConsoleError(status_code=400, detail=exc.detail) from None
-        async with engine.connect() as conn:
+        after = decode_key(params.get("after") or "")
+        as_of, known_at = form.times.get("as_of"), form.times.get("known_at")
+        travelling = as_of is not None or known_at is not None
+        async with reader.connect() as conn:
             identity = await get_identity(conn, identity_id)
             found = await list_events(conn, query.filters, limit=PAGE_SIZE, after=query.after)
+            then = (
+                await state_as_of(conn, "identities", identity_id, as_of=as_of, known_at=known_at)
+                if travelling
+                else None
+            )
+            history = await timeline(
+                conn,
+                "identities",
+                identity_id,
+                as_of=as_of,
+                known_at=known_at,
+                after=after,
+                base_url=f"/ui/identities/{identity_id}",
+                query=[(k, v) for k, v in form.typed.items() if v],
+            )
         if identity is None and not found.items:
             raise ConsoleError(status_code=404, detail=f"No identity with id {identity_id}.")
         next_url = None
@@ -55,8 +124,13 @@ class IdentityPages(Controller):
         return page(
             "identity.html",
             session,
+            status_code=400 if form.problems else 200,
+            nav="identities",
             identity_id=identity_id,
-            identity=identity,
+            identity=then if travelling else identity,
+            travelling=travelling,
+            form=form,
+            timeline=history,
             items=found.items,
             next_url=next_url,
         )

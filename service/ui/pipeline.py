@@ -18,13 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.stored import EventFilter
 from service.settings import Settings
-from service.store.audit.anchors import sink_status
+from service.store.audit.anchors import TSA_SINK, sink_status
 from service.store.audit.seals import head as seal_head
 from service.store.audit.verify import last_run as last_verify
 from service.store.console import rate_limits, recent_jobs, status_counts, stored_events
 from service.store.events import list_events
 from service.store.fetch_queue import fetch_backlog, make_due
 from service.store.jobs import create_job, get_job
+from service.store.paxos_connection import read_connection
 from service.store.projections.checkpoints import lag as projection_lag
 from service.store.projections.registry import PROJECTIONS
 from service.store.reconcile import recent_passes
@@ -38,6 +39,7 @@ from service.web.problems import InvalidParameter
 from service.web.query import parse_query
 
 JOB_POLL_S = 1
+BACKFILL_FIELDS = ("since", "until", "types", "include_test")
 
 
 class PipelinePages(Controller):
@@ -63,7 +65,9 @@ class PipelinePages(Controller):
             head = await seal_head(conn)
             verified = await last_verify(conn)
             anchors = await sink_status(conn, settings.audit_anchor_url)
+            tsa = (await sink_status(conn, [TSA_SINK]))[0] if settings.audit_tsa_url else None
             subscriptions = await list_subscriptions(conn)
+            paxos = await read_connection(conn)  # as every process that calls Paxos left it
         return page(
             "pipeline.html",
             session,
@@ -76,6 +80,7 @@ class PipelinePages(Controller):
             max_lag_s=settings.projection_max_lag_s,
             limits=limits,
             api_rps=settings.paxos_api_rps,
+            paxos=paxos,
             passes=passes,
             jobs=jobs,
             failed=failed.items,
@@ -83,6 +88,7 @@ class PipelinePages(Controller):
             head=head,
             verified=verified,
             anchors=anchors,
+            tsa=tsa,
             subscriptions=subscriptions,
             projections=list(PROJECTIONS),
             notice=NOTICES.get(request.query_params.get("notice") or ""),
@@ -131,24 +137,30 @@ class PipelinePages(Controller):
         request: Request[Any, Any, State],
         session: NamedDependency[Session],
         engine: NamedDependency[AsyncEngine],
-    ) -> Redirect:
+        settings: NamedDependency[Settings],
+    ) -> Redirect | Template:
         form = await checked_form(request, session, admin=True)
-        pairs = [(n, as_rfc3339(str(form.get(n) or ""))) for n in ("since", "until") if form.get(n)]
-        if len(pairs) < 2:
-            raise ConsoleError(status_code=400, detail="A backfill needs both since and until.")
-        types = split_types(str(form.get("types") or ""))
-        try:
-            window = parse_query(MultiDict(pairs)).filters
-        except InvalidParameter as exc:
-            raise ConsoleError(status_code=400, detail=exc.detail) from None
-        bad = [t for t in types if not re.fullmatch(r"[\x21-\x7e]{1,200}", t) or "*" in t]
-        if bad:
-            raise ConsoleError(
-                status_code=400,
-                detail="types: exact event types only (Paxos lists one type at a time)",
+        typed = {n: str(form.get(n) or "").strip() for n in BACKFILL_FIELDS}
+        problems = {n: "required" for n in ("since", "until") if not typed[n]}
+        pairs = [(n, as_rfc3339(typed[n])) for n in ("since", "until") if typed[n]]
+        types = split_types(typed["types"])
+        window = None
+        if not problems:
+            try:
+                window = parse_query(MultiDict(pairs)).filters
+            except InvalidParameter as exc:
+                field = str(exc.extensions.get("parameter") or "since")
+                problems[field] = exc.detail.removeprefix(f"{field}: ")
+        if any(not re.fullmatch(r"[\x21-\x7e]{1,200}", t) or "*" in t for t in types):
+            problems["types"] = "exact event types only (Paxos lists one type at a time)"
+        if problems or window is None or window.since is None or window.until is None:
+            # The pipeline page again, the form as typed and each problem beside its field.
+            template: Template = await PipelinePages.pipeline_page.fn(
+                self, request, session=session, engine=engine, settings=settings
             )
-        if window.since is None or window.until is None:  # parse_query keeps both: never taken
-            raise ConsoleError(status_code=400, detail="A backfill needs both since and until.")
+            template.context.update(backfill=typed, backfill_problems=problems)
+            template.status_code = 400
+            return template
         async with engine.begin() as conn:
             job_id = await create_job(
                 conn,

@@ -1,33 +1,120 @@
-"""A transfer's page: its projected state and the events about it, newest first."""
+"""The transfers pages: the list (by status, type, last event time; keyset paged) and one
+transfer: its state now or as of a time, what each event changed, and its events."""
 
 from __future__ import annotations
 
-from litestar import Controller, get
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar import Controller, Request, get
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Template
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.console import transfer_events
-from service.store.projections.read import get_transfer
+from service.store.projections.history import state_as_of
+from service.store.projections.read import get_transfer, list_transfers
 from service.ui.errors import ConsoleError
-from service.ui.pages import page
+from service.ui.identities import AS_OF_FIELDS
+from service.ui.pages import PAGE_SIZE, page
 from service.ui.session import Session
+from service.ui.subjects import decode_key, read_form, timeline
+
+TRANSFER_STATUSES = ("PENDING", "COMPLETED", "FAILED")
+LIST_FIELDS = ("status", "type", "profile_id", "changed_since", "changed_until")
 
 
 class TransferPages(Controller):
     path = "/transfers"
 
+    @get("/")
+    async def transfers_page(
+        self,
+        request: Request[Any, Any, State],
+        session: NamedDependency[Session],
+        reader: NamedDependency[AsyncEngine],
+    ) -> Template:
+        params = request.query_params
+        form = read_form(params, LIST_FIELDS, ("changed_since", "changed_until"))
+        after = params.get("after") or None
+        rows: list[dict[str, Any]] = []
+        next_url = None
+        if not form.problems:
+            async with reader.connect() as conn:
+                found = await list_transfers(
+                    conn,
+                    filters={
+                        # Stored as Paxos sends them, in capitals: any case typed finds them.
+                        "status": form.typed["status"].upper() or None,
+                        "type": form.typed["type"].upper() or None,
+                        "profile_id": form.typed["profile_id"] or None,
+                    },
+                    changed_since=form.times["changed_since"],
+                    changed_until=form.times["changed_until"],
+                    after=after,
+                    limit=PAGE_SIZE,
+                )
+            rows = found.rows
+            if found.more:
+                query = [(k, v) for k, v in form.typed.items() if v]
+                next_url = "/ui/transfers?" + urlencode(
+                    [*query, ("after", rows[-1]["transfer_id"])]
+                )
+        return page(
+            "transfers.html",
+            session,
+            status_code=400 if form.problems else 200,
+            nav="transfers",
+            form=form,
+            rows=rows,
+            next_url=next_url,
+            first_page=after is None,
+            statuses=TRANSFER_STATUSES,
+        )
+
     @get("/{transfer_id:str}")
     async def transfer_page(
         self,
+        request: Request[Any, Any, State],
         session: NamedDependency[Session],
-        engine: NamedDependency[AsyncEngine],
+        reader: NamedDependency[AsyncEngine],
         transfer_id: FromPath[str],
     ) -> Template:
-        async with engine.connect() as conn:
+        params = request.query_params
+        form = read_form(params, AS_OF_FIELDS, AS_OF_FIELDS)
+        as_of, known_at = form.times.get("as_of"), form.times.get("known_at")
+        travelling = as_of is not None or known_at is not None
+        async with reader.connect() as conn:
             transfer = await get_transfer(conn, transfer_id)
             if transfer is None:
                 raise ConsoleError(status_code=404, detail=f"No transfer with id {transfer_id}.")
             items = await transfer_events(conn, transfer_id)
-        return page("transfer.html", session, transfer=transfer, items=items)
+            then = (
+                await state_as_of(conn, "transfers", transfer_id, as_of=as_of, known_at=known_at)
+                if travelling
+                else None
+            )
+            history = await timeline(
+                conn,
+                "transfers",
+                transfer_id,
+                as_of=as_of,
+                known_at=known_at,
+                after=decode_key(params.get("after") or ""),
+                base_url=f"/ui/transfers/{transfer_id}",
+                query=[(k, v) for k, v in form.typed.items() if v],
+            )
+        return page(
+            "transfer.html",
+            session,
+            status_code=400 if form.problems else 200,
+            nav="transfers",
+            transfer_id=transfer_id,
+            transfer=then if travelling else transfer,
+            travelling=travelling,
+            form=form,
+            timeline=history,
+            items=items,
+        )

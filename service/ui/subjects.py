@@ -1,0 +1,128 @@
+"""What the identity and transfer pages share: their list filters, the "as of" form, and the
+history as a timeline (time travel: service/store/projections/history.py)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar.datastructures import MultiDict
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.domain.event import Key
+from service.store.projections import history as time_travel
+from service.ui.forms import as_rfc3339
+from service.ui.timeline import describe
+from service.web.subscription_rules import parse_time
+
+TIMELINE_PAGE = 100
+
+
+@dataclass
+class Form:
+    """A GET form's fields as typed, each problem beside its field, and what they mean."""
+
+    typed: dict[str, str]
+    problems: dict[str, str] = field(default_factory=dict)
+    times: dict[str, datetime | None] = field(default_factory=dict)
+
+    @property
+    def problem(self) -> str | None:
+        """All the problems in a line (the page's alert)."""
+        return "; ".join(f"{k}: {v}" for k, v in self.problems.items()) or None
+
+
+def read_form(params: MultiDict[Any], names: tuple[str, ...], times: tuple[str, ...]) -> Form:
+    """The fields `names` as typed; those in `times` read as UTC times (datetime-local)."""
+    form = Form({n: str(params.get(n) or "").strip() for n in names})
+    for name in times:
+        value = form.typed.get(name, "")
+        if not value:
+            form.times[name] = None
+            continue
+        parsed = parse_time(as_rfc3339(value))
+        if isinstance(parsed, str):
+            form.problems[name] = parsed
+            form.times[name] = None
+        else:
+            form.times[name] = parsed
+    return form
+
+
+def encode_key(key: Key) -> str:
+    """A timeline page's place, for a link (`ns.event_id`)."""
+    return f"{key.ns}.{key.event_id}"
+
+
+def decode_key(value: str) -> Key | None:
+    """A place from `encode_key`, or None if it is not one."""
+    ns, _, event_id = value.partition(".")
+    try:
+        return Key(int(ns), uuid.UUID(event_id))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One event on a timeline: the event, what it changed, and whether it came after the
+    chosen `as_of` (shown, but not part of that state)."""
+
+    event_id: str
+    type: str
+    created_at: str
+    recorded_at: datetime
+    via: str
+    changes: list[str]
+    after_as_of: bool
+    late: bool  # recorded more than a day after it happened (a reconciler or backfill find)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    lines: list[Line]
+    next_url: str | None
+    known: bool  # the store holds a real full event of the subject
+
+
+async def timeline(
+    conn: AsyncConnection,
+    kind: str,
+    subject_id: str,
+    *,
+    as_of: datetime | None,
+    known_at: datetime | None,
+    after: Key | None,
+    base_url: str,
+    query: list[tuple[str, str]],
+) -> Timeline:
+    """A page of the subject's history (oldest first), said in lines."""
+    page = await time_travel.history_page(
+        conn, kind, subject_id, known_at=known_at, after=after, limit=TIMELINE_PAGE
+    )
+    if page is None:
+        return Timeline([], None, False)
+    as_of_ns = None if as_of is None else time_travel.ns_of(as_of)
+    lines = []
+    for entry in page.entries:
+        r = entry.recorded
+        happened_ns = entry.key.ns
+        lines.append(
+            Line(
+                event_id=str(r.event.id),
+                type=r.event.type,
+                created_at=r.event.created_at,
+                recorded_at=r.recorded_at,
+                via=r.via,
+                changes=[describe(c) for c in entry.changes],
+                after_as_of=as_of_ns is not None and happened_ns > as_of_ns,
+                late=time_travel.ns_of(r.recorded_at) - happened_ns > 86_400 * 10**9,
+            )
+        )
+    next_url = None
+    if page.next_key is not None:
+        next_url = f"{base_url}?" + urlencode([*query, ("after", encode_key(page.next_key))])
+    return Timeline(lines, next_url, True)
