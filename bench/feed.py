@@ -204,10 +204,10 @@ HEADERS = {"Authorization": f"Bearer {READ_TOKEN}"}
 SSE = {**HEADERS, "Accept": "text/event-stream"}
 
 
-async def catch_up(serve: Serve) -> tuple[int, float]:
-    """Follow the feed from 0 to its end in pages of PAGE; items and seconds."""
+async def catch_up(serve: Serve, start: int = 0) -> tuple[int, float]:
+    """Follow the feed from position `start` to its end in pages of PAGE; items and seconds."""
     async with httpx.AsyncClient(timeout=60) as http:
-        after, items = 0, 0
+        after, items = start, 0
         started = time.perf_counter()
         while True:
             answer = await http.get(
