@@ -553,7 +553,9 @@ def export(
 
     if until <= since:
         raise click.BadParameter("must be later than --since", param_hint="--until")
-    url = database_url(load_settings(check=False))
+    settings = load_settings(check=False)
+    # Read-only: a standby serves it as well as the primary (DATABASE_READ_URL).
+    url = settings.database_read_url or database_url(settings)
     query = ExportQuery(since=since, until=until, identity_id=identity_id, format=form)
 
     trailers: list[dict[str, Any]] = []

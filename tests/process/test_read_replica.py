@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +25,8 @@ from service.store.listed import Listed, record_listed
 from service.store.tables import journal
 from tests.fixtures.replica import ReplicaPair, replica_pair  # noqa: F401 - the fixture
 from tests.support.asgi import app_client
-from tests.support.processes import universe_notifications
+from tests.support.paths import ROOT
+from tests.support.processes import clean_env, universe_notifications
 from tests.support.tokens import ADMIN_TOKEN, API_KEY, READ_TOKEN, admin_headers, read_headers
 
 pytestmark = pytest.mark.slow
@@ -45,6 +49,29 @@ def listed(n: int) -> list[Listed]:
         )
         for i in range(n)
     ]
+
+
+def run_export(settings: Settings) -> subprocess.CompletedProcess[str]:
+    env = clean_env(
+        DATABASE_URL=settings.database_url or "", DATABASE_READ_URL=settings.database_read_url or ""
+    )
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "export",
+            "--since",
+            "2026-01-01",
+            "--until",
+            "2027-01-01",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def replica_settings(pair: ReplicaPair) -> Settings:
@@ -93,10 +120,39 @@ async def test_reads_come_from_the_replica_and_the_feed_skips_nothing(
                     if done.is_set() and not page["items"]:
                         return
 
+            lags: list[float] = []
+
+            async def measure_lag(lags: list[float]) -> None:
+                """How long after a commit on the primary the replica has replayed it."""
+                p = await asyncpg.connect(plain_url(replica_pair.primary.url()))
+                r = await asyncpg.connect(plain_url(replica_pair.replica.url()))
+                try:
+                    while not done.is_set():
+                        lsn = await p.fetchval("SELECT pg_current_wal_lsn()")
+                        started = time.perf_counter()
+                        while not await r.fetchval(
+                            "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn
+                        ):
+                            await asyncio.sleep(0.002)
+                        lags.append(time.perf_counter() - started)
+                        await asyncio.sleep(0.02)
+                finally:
+                    await p.close()
+                    await r.close()
+
             reading = asyncio.create_task(follow(client, seen))
+            lagging = asyncio.create_task(measure_lag(lags))
             await writers
             done.set()
             await asyncio.wait_for(reading, 30)
+            await asyncio.wait_for(lagging, 30)
+            lags.sort()
+            print(
+                f"replica replay lag under {WRITERS} writers ({len(lags)} samples): "
+                f"p50 {lags[len(lags) // 2] * 1000:.1f} ms, p95 "
+                f"{lags[int(len(lags) * 0.95)] * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms"
+            )
+            assert lags and lags[-1] < 5  # within the feed's wait for replay
 
             # Every stored event once, in position order: none skipped by the replica's lag.
             positions = [p for p, _ in seen]
@@ -119,8 +175,17 @@ async def test_reads_come_from_the_replica_and_the_feed_skips_nothing(
             answer = await client.get("/events", headers=read_headers())
             assert answer.status_code == 200
 
+            # The CLI export reads the replica too: it has every event the writers stored.
+            exported = run_export(settings)
+            assert exported.returncode == 0, exported.stderr
+            trailer = msgspec.json.decode(exported.stdout.splitlines()[-1])
+            assert trailer["record"] == "trailer" and trailer["events"] == len(stored)
+
             # With the replica stopped, reads fail (503) while the primary still takes writes.
             replica_pair.replica.stop()
+            stopped = run_export(settings)
+            assert stopped.returncode != 0 and "Traceback" not in stopped.stderr
+            assert stopped.stderr.startswith("paxos-events: "), stopped.stderr
             answer = await client.get("/events", headers=read_headers())
             assert answer.status_code == 503, answer.text
             async with primary.begin() as conn:
