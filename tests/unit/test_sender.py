@@ -188,9 +188,10 @@ async def test_the_sender_gives_up_after_the_horizon(universe: Universe) -> None
     report, elapsed = await deliver(consumer, universe, retry=policy, duplicates=0.5)
     assert report.delivered == {}
     assert sorted(report.given_up) == sorted(ids(universe))
-    # 10, 20, 40 ms then 50 ms steps (+-20%) within 200 ms: a handful of attempts per copy.
+    # 10, 20, 40 ms then 50 ms steps (+-20%) within 200 ms: up to 6 attempts per copy, at
+    # least 2 (a retry 10 ms after the first, however slow the machine makes the rest).
     copies = 40 + len(report.duplicated)
-    assert 4 * copies <= report.attempts <= 7 * copies
+    assert 2 * copies <= report.attempts <= 7 * copies
     assert elapsed < 1.0
 
 
