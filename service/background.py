@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.audit.anchoring import Anchorer, sinks_of
 from service.audit.sealer import Sealer, signer_for
 from service.db.notify import FETCHED_CHANNEL, PENDING_CHANNEL, listen
+from service.db.runtime import stop_tasks
 from service.fetching.fetcher import FETCH_POLL_S, Fetcher, RetryPolicy
 from service.jobs.runner import JobRunner
 from service.paxos.client import PaxosClient, build_client
@@ -173,6 +174,4 @@ async def running_background(
     try:
         yield Background(client, fetcher, jobs, projector)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)

@@ -22,6 +22,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db.outages import STORE_ERRORS, Outage, is_store_outage
+from service.db.runtime import stop_tasks
 from service.store.feed import Horizon, sample
 from service.store.subscriptions import (
     Claim,
@@ -121,7 +122,7 @@ class Deliveries:
             for pump in self._pumps.values():
                 await pump.stop()
             self._pumps.clear()
-            await asyncio.gather(fan_out, return_exceptions=True)
+            await stop_tasks([fan_out])
             if own_client:
                 await client.aclose()
 
@@ -187,9 +188,7 @@ class _Pump:
         self._claim_wanted.set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         self._endpoint = None  # a slot that frees now sends nothing more
         for task in list(self._inflight):
             task.cancel()

@@ -114,7 +114,7 @@ async def test_demo_shows_fetched_events_within_seconds(database_url: str, tmp_p
 
 
 async def _demo_receiver_after(
-    database_url: str, delivered_before: int, data_dir: Path
+    database_url: str, delivered_before: int, data_dir: Path, url_before: str | None = None
 ) -> dict[str, Any]:
     """Run `serve --demo` until its subscription has delivered more than `delivered_before`
     (its receiver acknowledges only what carries a signature of this run's secret); the
@@ -143,6 +143,7 @@ async def _demo_receiver_after(
                 admin = match.group(1)
         assert admin
         headers = {"Authorization": f"Bearer {admin}"}
+        moved_at: int | None = None  # deliveries counted when this run's receiver took over
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             started = time.monotonic()
             while time.monotonic() - started < 30:
@@ -152,7 +153,14 @@ async def _demo_receiver_after(
                 except httpx.TransportError:
                     continue
                 items = response.json()["items"] if response.status_code == 200 else []
-                if items and items[0]["deliveries"]["delivered"] > delivered_before:
+                if not items or items[0]["url"] == url_before:
+                    continue  # not yet moved to this run's receiver
+                delivered = items[0]["deliveries"]["delivered"]
+                if moved_at is None:
+                    # Counted from the move on: the run before may have had outcomes recorded
+                    # after `delivered_before` was read.
+                    moved_at = delivered
+                if delivered > max(delivered_before, moved_at):
                     return response.json()  # type: ignore[no-any-return]
         raise AssertionError(f"no delivery past {delivered_before} within 30 s")
     finally:
@@ -175,7 +183,9 @@ async def test_a_restarted_demo_keeps_its_one_subscription_and_delivers_on(
     # Another run: the same subscription, this run's receiver (another port), a new secret
     # (what the old one signed would be refused with 401, not counted as delivered).
     second = (
-        await _demo_receiver_after(database_url, first[0]["deliveries"]["delivered"], tmp_path)
+        await _demo_receiver_after(
+            database_url, first[0]["deliveries"]["delivered"], tmp_path, first[0]["url"]
+        )
     )["items"]
     assert [s["name"] for s in second] == ["demo-receiver"]
     assert second[0]["url"] != first[0]["url"]
