@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.logs",
     "tests.fixtures.jwt",
     "tests.fixtures.ha",
+    "tests.fixtures.anchors",
 ]
 
 

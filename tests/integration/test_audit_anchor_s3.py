@@ -9,7 +9,6 @@ limit (docs/audit.md "Testing limits"); the recorded mode and retain-until date 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,26 +26,7 @@ from service.store.audit.seals import seal_pending
 from service.store.audit.sinks import S3Sink, sink_for
 from service.store.audit.verify import verify
 from tests.support.audit import add_events, tamper
-from tests.support.s3 import AWS_ENV, BUCKET, locked_bucket, moto_server
-
-
-@pytest.fixture
-def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with moto_server() as endpoint:
-        for name, value in AWS_ENV.items():
-            monkeypatch.setenv(name, value)
-        yield endpoint
-
-
-@pytest.fixture
-def s3(s3_endpoint: str) -> Any:
-    return locked_bucket(s3_endpoint)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
+from tests.support.s3 import BUCKET
 
 
 async def test_anchors_are_locked_in_compliance_mode_and_cannot_be_removed(

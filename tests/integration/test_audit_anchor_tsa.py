@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -43,12 +43,6 @@ def tsa_url(tsa_dir: Path) -> Iterator[str]:
     """The TSA over HTTP on loopback: each POSTed query answered by `openssl ts -reply`."""
     with tsa_server(tsa_dir) as url:
         yield url
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 def test_the_request_is_what_openssl_reads(tsa_dir: Path) -> None:

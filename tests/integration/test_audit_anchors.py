@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,12 +34,6 @@ def names(directory: Path) -> list[str]:
 
 def kinds(report: VerifyReport) -> list[tuple[str, int | None]]:
     return [(p.kind, p.seal_id) for p in report.problems]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest.fixture

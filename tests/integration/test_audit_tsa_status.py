@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,12 +32,6 @@ TSA_ROWS = re.compile(
     r'<tr class="anchor-tsa" id="anchor-tsa">.*?</tr>(\s*<tr class="anchor-tsa-error".*?</tr>)?',
     re.S,
 )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 async def tsa_status(engine: AsyncEngine) -> SinkStatus:

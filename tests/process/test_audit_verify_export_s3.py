@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from service.store.audit.sinks import sink_for
 from tests.support.audit import WINDOW, add_events
 from tests.support.paths import ROOT
 from tests.support.processes import clean_env
-from tests.support.s3 import AWS_ENV, BUCKET, locked_bucket, moto_server
+from tests.support.s3 import AWS_ENV, BUCKET
 
 SCRIPT = ROOT / "docs" / "verify_export.py"
 PREFIX = "prod/anchors"
@@ -42,25 +41,6 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-@pytest.fixture
-def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with moto_server() as endpoint:
-        for name, value in AWS_ENV.items():
-            monkeypatch.setenv(name, value)
-        yield endpoint
-
-
-@pytest.fixture
-def s3(s3_endpoint: str) -> Any:
-    return locked_bucket(s3_endpoint)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest.mark.slow
