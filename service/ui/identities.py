@@ -59,10 +59,7 @@ class IdentityPages(Controller):
                 )
             rows = found.rows
             if found.more:
-                query = [(k, v) for k, v in form.typed.items() if v]
-                next_url = "/ui/identities?" + urlencode(
-                    [*query, ("after", rows[-1]["identity_id"])]
-                )
+                next_url = form.next_page("/ui/identities", rows[-1]["identity_id"])
         return page(
             "identities.html",
             session,
@@ -111,7 +108,7 @@ class IdentityPages(Controller):
                 known_at=known_at,
                 after=after,
                 base_url=f"/ui/identities/{identity_id}",
-                query=[(k, v) for k, v in form.typed.items() if v],
+                query=form.filled,
             )
         if identity is None and not found.items:
             raise ConsoleError(status_code=404, detail=f"No identity with id {identity_id}.")

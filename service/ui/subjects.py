@@ -34,6 +34,15 @@ class Form:
         """All the problems in a line (the page's alert)."""
         return "; ".join(f"{k}: {v}" for k, v in self.problems.items()) or None
 
+    @property
+    def filled(self) -> list[tuple[str, str]]:
+        """The fields given, as a query string's pairs (for the links that keep them)."""
+        return [(k, v) for k, v in self.typed.items() if v]
+
+    def next_page(self, path: str, last_id: str) -> str:
+        """The list page after the row `last_id`, with the same filters."""
+        return f"{path}?" + urlencode([*self.filled, ("after", last_id)])
+
 
 def read_form(params: MultiDict[Any], names: tuple[str, ...], times: tuple[str, ...]) -> Form:
     """The fields `names` as typed; those in `times` read as UTC times (datetime-local)."""

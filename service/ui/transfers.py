@@ -4,7 +4,6 @@ transfer: its state now or as of a time, what each event changed, and its events
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 from litestar import Controller, Request, get
 from litestar.datastructures import State
@@ -58,10 +57,7 @@ class TransferPages(Controller):
                 )
             rows = found.rows
             if found.more:
-                query = [(k, v) for k, v in form.typed.items() if v]
-                next_url = "/ui/transfers?" + urlencode(
-                    [*query, ("after", rows[-1]["transfer_id"])]
-                )
+                next_url = form.next_page("/ui/transfers", rows[-1]["transfer_id"])
         return page(
             "transfers.html",
             session,
@@ -104,7 +100,7 @@ class TransferPages(Controller):
                 known_at=known_at,
                 after=decode_key(params.get("after") or ""),
                 base_url=f"/ui/transfers/{transfer_id}",
-                query=[(k, v) for k, v in form.typed.items() if v],
+                query=form.filled,
             )
         return page(
             "transfer.html",
