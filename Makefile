@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt migrate bench bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-audit bench-feed bench-push bench-asof bench-growth soak clean
+.PHONY: help run test lint fmt migrate bench bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-audit bench-feed bench-push bench-asof bench-growth bench-storage soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -57,7 +57,7 @@ migrate: $(RUN_STAMP) ## Apply migrations to DATABASE_URL (or the embedded datab
 	@command -v apt-get >/dev/null || { echo "wrk is needed for the benchmarks: install it"; exit 1; }
 	apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 
-bench: bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-audit bench-push bench-feed bench-asof bench-growth ## Run every benchmark (prints figures; results in bench/results/)
+bench: bench-ingest bench-query bench-fetch bench-backfill bench-rebuild bench-projection-lag bench-export bench-audit bench-push bench-feed bench-asof bench-growth bench-storage ## Run every benchmark (prints figures; results in bench/results/)
 
 bench-ingest: $(DEV_STAMP) /usr/bin/wrk ## Webhook intake: serve vs reference consumers (group commit, commit per request), latency
 	$(BIN)/python -m bench.ingest
@@ -92,8 +92,11 @@ bench-push: $(DEV_STAMP) ## Push delivery to a receiver answering in 10 ms: thro
 bench-asof: $(DEV_STAMP) ## as_of and history on a 10,000,000-event journal (needs ~40 GB free; drops its database)
 	$(BIN)/python -m bench.asof
 
-bench-growth: $(DEV_STAMP) ## The figures at 1,000,000 and 10,000,000 events, and bytes per event (~50 GB free; hours)
+bench-growth: $(DEV_STAMP) ## The figures at 1,000,000 and 10,000,000 events, and bytes per event (~30 GB free; about an hour)
 	$(BIN)/python -m bench.growth
+
+bench-storage: $(DEV_STAMP) ## Bytes per event and every read path before and after migration 0018 (1,000,000 events)
+	$(BIN)/python -m bench.storage
 
 soak: $(DEV_STAMP) ## 10 minutes at 100 webhooks/s: errors, latency, memory growth (not in bench; MINUTES=2 for a short run)
 	$(BIN)/python -m bench.soak --minutes $(or $(MINUTES),10)

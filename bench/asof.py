@@ -111,11 +111,11 @@ WITH g AS (
 ), ev AS (
     INSERT INTO events (event_id, type, source, time, object, is_test, confirmed_is_test,
                         status, via, deliveries, first_received_at, last_received_at,
-                        fetched_at, identity_id, object_type, undelivered_webhooks, detail)
+                        fetched_at, identity_id, object_type, undelivered_webhooks, object_id)
     SELECT eid, type, 'com.paxos', t, 'event', false, false, 'fetched',
            CASE WHEN i % 20 = 0 THEN 'list_events' ELSE 'webhook' END,
            CASE WHEN i % 20 = 0 THEN 0 ELSE 1 END, t, t, t, ident, split_part(type, '.', 1), 0,
-           b::jsonb
+           b -> 'object' ->> 'id'
     FROM body
 )
 INSERT INTO journal (event_id, kind, body)

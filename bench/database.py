@@ -37,13 +37,15 @@ async def drop(admin_url: str, name: str) -> None:
         await conn.close()
 
 
-async def recreate(admin_url: str, name: str) -> str:
-    """Drop and create database `name`, migrate it to head; its URL."""
-    url, _ = await kept_or_recreated(admin_url, name, reuse=False)
+async def recreate(admin_url: str, name: str, revision: str = "head") -> str:
+    """Drop and create database `name`, migrate it to `revision`; its URL."""
+    url, _ = await kept_or_recreated(admin_url, name, reuse=False, revision=revision)
     return url
 
 
-async def kept_or_recreated(admin_url: str, name: str, reuse: bool) -> tuple[str, bool]:
+async def kept_or_recreated(
+    admin_url: str, name: str, reuse: bool, revision: str = "head"
+) -> tuple[str, bool]:
     """Database `name`: kept as a last run left it when `reuse` and it exists, else created
     anew; migrated to head either way (a kept one may predate a migration). Its URL, and
     whether it was kept (so holds a last run's data)."""
@@ -60,7 +62,7 @@ async def kept_or_recreated(admin_url: str, name: str, reuse: bool) -> tuple[str
     url = with_database(admin_url, name)
     engine = create_engine(url, pool_size=1)
     try:
-        await upgrade(engine)
+        await upgrade(engine, revision)
     finally:
         await engine.dispose()
     return url, kept

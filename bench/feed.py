@@ -95,9 +95,9 @@ WITH g AS (
 ), ev AS (
     INSERT INTO events (event_id, type, source, time, object, is_test, confirmed_is_test, status,
                         via, deliveries, first_received_at, last_received_at, fetched_at,
-                        identity_id, object_type, undelivered_webhooks, detail)
+                        identity_id, object_type, undelivered_webhooks, object_id)
     SELECT eid, type, 'com.paxos', t, 'event', i % 50 = 0, i % 50 = 0, 'fetched', 'webhook', 1,
-           t, t, t, 'idt-' || (i % 100000), split_part(type, '.', 1), 0, b::jsonb
+           t, t, t, 'idt-' || (i % 100000), split_part(type, '.', 1), 0, b -> 'object' ->> 'id'
     FROM body
 )
 INSERT INTO journal (event_id, kind, body)

@@ -12,7 +12,8 @@ rate throughout, a year per 1,000,000 events, so growing to 10,000,000 adds nine
 of history. Each event as the intake and the fetcher leave it: an `events` row (about 60
 types, 5% test events, 97% fetched, identity ids on identity events: bench.query's mix), its
 notification in the journal (98%: the rest came from List Events), and for fetched events
-the full event (about 960 bytes of JSON) in the journal and in `events.detail`.
+the full event (about 960 bytes of JSON) in the journal (and, before migration 0018, in
+`events.detail`).
 
 At each size, the same figures, each by the measuring function of its own benchmark:
 
@@ -177,12 +178,14 @@ ORDER BY i / 100, k, i
 """
 
 
-def load_statement(has_detail: bool) -> str:
-    """The chunk statement for the schema at hand: `events.detail` filled where it exists."""
-    return _LOAD.replace("{detail_column}", ", detail" if has_detail else "").replace(
-        "{detail_value}",
-        ",\n           CASE WHEN status = 'fetched' THEN b::jsonb END" if has_detail else "",
+def load_statement(has_detail: bool, has_object_id: bool = False) -> str:
+    """The chunk statement for the schema at hand: `events.detail` (before migration 0018) or
+    `events.object_id` (since) filled where the schema has it."""
+    columns = ", detail" * has_detail + ", object_id" * has_object_id
+    values = ",\n           CASE WHEN status = 'fetched' THEN b::jsonb END" * has_detail + (
+        ",\n           CASE WHEN status = 'fetched' THEN b -> 'object' ->> 'id' END" * has_object_id
     )
+    return _LOAD.replace("{detail_column}", columns).replace("{detail_value}", values)
 
 
 def load_now() -> float:
@@ -222,11 +225,12 @@ async def columns_of(url: str, table: str) -> set[str]:
 
 async def grow(url: str, first: int, last: int) -> dict[str, Any]:
     """Load events first..last; the time it took (the VACUUM ANALYZE at the end included)."""
-    has_detail = "detail" in await columns_of(url, "events")
+    columns = await columns_of(url, "events")
     before = load_now()
     started = time.perf_counter()
     args = (query.type_slots(), START, SECONDS_PER_EVENT)
-    await load_events(url, load_statement(has_detail), last, CHUNK, *args, first=first)
+    statement = load_statement("detail" in columns, "object_id" in columns)
+    await load_events(url, statement, last, CHUNK, *args, first=first)
     seconds = time.perf_counter() - started
     return {
         "events": last - first + 1,

@@ -91,22 +91,21 @@ def received(port: int, *, clear: bool = False) -> list[tuple[str, float]]:
 
 _LOAD_EVENTS = """
     INSERT INTO events (event_id, type, source, time, object, is_test, status, fetched_at,
-                        identity_id, object_type, undelivered_webhooks, detail, deliveries,
+                        identity_id, object_type, undelivered_webhooks, deliveries,
                         first_received_at, last_received_at)
     SELECT id, 'identity.approved', 'com.paxos', now(), 'event', false, 'fetched', now(),
-           'idt-' || ((n + $3) % $2), 'identity', 0,
-           jsonb_build_object('id', id, 'type', 'identity.approved', 'object_type', 'identity',
-                              'object', jsonb_build_object('identity_id',
-                                                           'idt-' || ((n + $3) % $2)),
-                              'created_at', '2026-01-07T14:30:02Z', 'undelivered_webhooks', 0),
-           1, now(), now()
+           'idt-' || ((n + $3) % $2), 'identity', 0, 1, now(), now()
     FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)
 """
 _LOAD_JOURNAL = """
     INSERT INTO journal (event_id, kind, body)
-    SELECT e.event_id, 'event', CAST(CAST(e.detail AS text) AS json)
-    FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n) JOIN events e ON e.event_id = t.id
-    ORDER BY t.n
+    SELECT id, 'event',
+           json_build_object('id', id, 'type', 'identity.approved', 'object_type', 'identity',
+                             'object', json_build_object('identity_id',
+                                                         'idt-' || ((n + $3) % $2)),
+                             'created_at', '2026-01-07T14:30:02Z', 'undelivered_webhooks', 0)
+    FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)
+    ORDER BY n
 """
 
 
@@ -118,7 +117,7 @@ async def load(url: str, count: int) -> None:
             ids = [uuid.uuid4() for _ in range(min(5000, count - start))]
             async with conn.transaction():
                 await conn.execute(_LOAD_EVENTS, ids, KEYS, start)
-                await conn.execute(_LOAD_JOURNAL, ids)
+                await conn.execute(_LOAD_JOURNAL, ids, KEYS, start)
     finally:
         await conn.close()
 

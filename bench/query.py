@@ -125,37 +125,10 @@ def type_slots(slots: int = 10_000) -> list[str]:
 
 
 # One chunk of events: times within [lo, hi) seconds after START, rows inserted in time
-# order (as they arrive), every other column drawn per row.
+# order (as they arrive), every other column drawn per row; a fetched event's full event in
+# the journal, where `/events` reads it.
 LOAD_CHUNK = """
-INSERT INTO events (
-    event_id, type, source, time, object, is_test, status, via, deliveries,
-    first_received_at, last_received_at, fetched_at, attempts, last_error,
-    identity_id, object_type, undelivered_webhooks, detail)
-SELECT
-    id, type, 'com.paxos', time, 'event', is_test, status,
-    CASE WHEN r_via < 0.02 THEN 'list_events' ELSE 'webhook' END,
-    CASE WHEN r_via < 0.02 THEN 0 WHEN r_via > 0.97 THEN 2 ELSE 1 END,
-    time + interval '0.3 seconds', time + interval '0.3 seconds',
-    CASE WHEN status = 'fetched' THEN time + interval '1 second' END,
-    CASE WHEN status = 'pending' THEN 0 WHEN status = 'fetched' THEN 1 ELSE 8 END,
-    CASE WHEN status = 'failed' THEN 'HTTP 500 from Get Event'
-         WHEN status = 'not_found' THEN 'HTTP 404 from Get Event' END,
-    CASE WHEN status = 'fetched' THEN identity_id END,
-    CASE WHEN status <> 'fetched' THEN NULL
-         WHEN type LIKE 'identity.kyc_refresh.%' THEN 'identity_kyc_refresh'
-         WHEN type LIKE 'identity.control.%' THEN 'identity_control'
-         WHEN type = 'identity.documents_required' THEN 'identity_documents_required'
-         WHEN type LIKE 'identity.%' THEN 'identity_summary_status_change'
-         WHEN type LIKE 'transfer.%' THEN 'transfer_status_change'
-         WHEN type LIKE 'orchestration.%' THEN 'orchestration_status_change' END,
-    CASE WHEN status = 'fetched' THEN 0 END,
-    CASE WHEN status = 'fetched' THEN jsonb_build_object(
-        'id', id, 'type', type, 'source', 'com.paxos', 'is_test', is_test,
-        'created_at', to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'object', jsonb_build_object(
-            'id', gen_random_uuid(), 'identity_id', identity_id,
-            'status', 'COMPLETED', 'profile_id', gen_random_uuid())) END
-FROM (
+WITH e AS MATERIALIZED (
     SELECT
         gen_random_uuid() AS id,
         t.type,
@@ -169,13 +142,49 @@ FROM (
         CASE WHEN t.type LIKE 'identity.%' THEN
             '00000000-0000-4000-8000-' || lpad(to_hex(floor(100000 * r_identity ^ 2)::int), 12, '0')
         END AS identity_id,
+        gen_random_uuid() AS object_id,
         r_via
     FROM (
         SELECT ($1::text[])[1 + floor(random() * cardinality($1::text[]))::int] AS type,
                random() AS r_status, random() AS r_identity, random() AS r_via
         FROM generate_series(1, $6::int)
     ) AS t
-) AS e
+), ev AS (
+    INSERT INTO events (
+        event_id, type, source, time, object, is_test, status, via, deliveries,
+        first_received_at, last_received_at, fetched_at, attempts, last_error,
+        identity_id, object_type, undelivered_webhooks, object_id)
+    SELECT
+        id, type, 'com.paxos', time, 'event', is_test, status,
+        CASE WHEN r_via < 0.02 THEN 'list_events' ELSE 'webhook' END,
+        CASE WHEN r_via < 0.02 THEN 0 WHEN r_via > 0.97 THEN 2 ELSE 1 END,
+        time + interval '0.3 seconds', time + interval '0.3 seconds',
+        CASE WHEN status = 'fetched' THEN time + interval '1 second' END,
+        CASE WHEN status = 'pending' THEN 0 WHEN status = 'fetched' THEN 1 ELSE 8 END,
+        CASE WHEN status = 'failed' THEN 'HTTP 500 from Get Event'
+             WHEN status = 'not_found' THEN 'HTTP 404 from Get Event' END,
+        CASE WHEN status = 'fetched' THEN identity_id END,
+        CASE WHEN status <> 'fetched' THEN NULL
+             WHEN type LIKE 'identity.kyc_refresh.%' THEN 'identity_kyc_refresh'
+             WHEN type LIKE 'identity.control.%' THEN 'identity_control'
+             WHEN type = 'identity.documents_required' THEN 'identity_documents_required'
+             WHEN type LIKE 'identity.%' THEN 'identity_summary_status_change'
+             WHEN type LIKE 'transfer.%' THEN 'transfer_status_change'
+             WHEN type LIKE 'orchestration.%' THEN 'orchestration_status_change' END,
+        CASE WHEN status = 'fetched' THEN 0 END,
+        CASE WHEN status = 'fetched' THEN object_id END
+    FROM e
+    ORDER BY time
+)
+INSERT INTO journal (event_id, kind, body)
+SELECT id, 'event', json_build_object(
+    'id', id, 'type', type, 'source', 'com.paxos', 'is_test', is_test,
+    'created_at', to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    'object', json_build_object(
+        'id', object_id, 'identity_id', identity_id,
+        'status', 'COMPLETED', 'profile_id', gen_random_uuid()))
+FROM e
+WHERE status = 'fetched'
 ORDER BY time
 """
 
@@ -241,7 +250,7 @@ async def load(url: str, events_n: int, chunks: int = 20) -> None:
                 flush=True,
             )
         print()
-        await conn.execute("VACUUM ANALYZE events")
+        await conn.execute("VACUUM ANALYZE")
         print(f"VACUUM ANALYZE done ({time.perf_counter() - started:5.1f} s)")
     finally:
         await conn.close()
