@@ -29,6 +29,15 @@ from service.domain.identity import IdentityState
 from service.domain.latest import LatestState
 
 KINDS = ("identities", "transfers", "orchestrations")
+# The object fields each fold reads, by the event types it reads (an event of another type
+# changes none of its subjects): the subject's `id` (transfers, orchestrations) and the fold's
+# own. Of a full event, the journal keeps parsed only `type`, `created_at` and these fields of
+# `object` (its `doc`); a test holds every fold over full events to the same fold over those.
+FOLDED_FIELDS: dict[str, tuple[str, ...]] = {
+    identity.PREFIX: identity.FIELDS,
+    transfer.PREFIX: ("id", *transfer.FIELDS),
+    orchestration.PREFIX: ("id", *orchestration.FIELDS),
+}
 State = IdentityState | LatestState
 
 

@@ -18,10 +18,25 @@ import msgspec
 
 from service.domain.event import Key, ProjectedEvent, newer
 
+PREFIX = "identity."
 KYC_PREFIX = "identity.kyc_refresh."
 CONTROL_CREATED = "identity.control.created"
 CONTROL_DELETED = "identity.control.deleted"
 DOCUMENTS_REQUIRED = "identity.documents_required"
+# The object fields this fold reads of its events (`ProjectedEvent.text` / `flag`,
+# `documents_of`): what the journal keeps parsed of them (`domain.history.FOLDED_FIELDS`).
+FIELDS = (
+    "identity_id",
+    "new_summary_status",
+    "required_documents",
+    "last_kyc_refresh_date",
+    "next_kyc_refresh_date",
+    "control_id",
+    "control_type",
+    "set_by",
+    "is_overridable",
+    "reason_code",
+)
 
 
 class Control(msgspec.Struct, frozen=True):
@@ -63,7 +78,7 @@ class IdentityState(msgspec.Struct, frozen=True):
 
 def identity_of(event: ProjectedEvent) -> str | None:
     """The identity an event changes: identity events whose object names one."""
-    if not event.type.startswith("identity."):
+    if not event.type.startswith(PREFIX):
         return None
     return event.text("identity_id")
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Label, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain.stored import EVENT_STATUSES, Event
-from service.store.events import EVENT_COLUMNS
+from service.store.events import EVENT_SELECT
 from service.store.tables import TRANSFER_EVENTS, TRANSFER_OBJECT_ID, events
 
 
@@ -117,16 +117,10 @@ async def recent_jobs(conn: AsyncConnection, limit: int = 10) -> list[dict[str, 
     return [dict(r._mapping) for r in rows]
 
 
-_EVENT_SELECT = ", ".join(
-    f'"{c.element.name}" AS "{c.name}"' if isinstance(c, Label) else f'"{c.name}"'
-    for c in EVENT_COLUMNS
-)
-
-
 # A transfer's events, newest first, through their index (found by the id inside the full
 # event, for transfer events only: the same expressions as the index's).
 TRANSFER_EVENTS_SQL = (
-    f"SELECT {_EVENT_SELECT} FROM events "
+    f"SELECT {EVENT_SELECT} FROM events "
     f"WHERE {TRANSFER_EVENTS} AND {TRANSFER_OBJECT_ID} = :id "
     'ORDER BY "time" DESC, event_id DESC LIMIT :limit'
 )

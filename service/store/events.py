@@ -42,11 +42,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Label, select
+from sqlalchemy import JSON, Label, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain.stored import EVENT_STATUSES, Event, EventFilter, Position
-from service.store.tables import TYPE_FAMILY, events
+from service.store.tables import EVENT_DETAIL, TYPE_FAMILY, events
 
 EVENT_COLUMNS = (
     events.c.event_id.label("id"),
@@ -66,8 +66,11 @@ EVENT_COLUMNS = (
     events.c.identity_id,
     events.c.object_type,
     events.c.undelivered_webhooks,
-    events.c.detail,
 )
+# `Event.detail`, the last field, is no column of `events`: the full event is the journal's.
+DETAIL = EVENT_DETAIL.format(event_id="events.event_id")
+if (*(c.name for c in EVENT_COLUMNS), "detail") != Event.__struct_fields__:
+    raise RuntimeError("EVENT_COLUMNS and the Event struct list different fields")
 
 # The one status most events end in; every other status is rare enough for a partial index.
 FETCHED = "fetched"
@@ -82,8 +85,9 @@ class EventSlice(msgspec.Struct, frozen=True):
 
 async def get_event(conn: AsyncConnection, event_id: uuid.UUID) -> Event | None:
     """The event with `event_id`, or None."""
+    detail = literal_column(DETAIL, JSON(none_as_null=True)).label("detail")
     row = (
-        await conn.execute(select(*EVENT_COLUMNS).where(events.c.event_id == event_id))
+        await conn.execute(select(*EVENT_COLUMNS, detail).where(events.c.event_id == event_id))
     ).one_or_none()
     return Event(**row._mapping) if row else None
 
@@ -160,9 +164,9 @@ _SELECT_LIST = ", ".join(
     else f'"{column.name}"'
     for column in EVENT_COLUMNS
 )
-# Rows become Events by position, so the select list and the struct must agree.
-if tuple(column.name for column in EVENT_COLUMNS) != Event.__struct_fields__:
-    raise RuntimeError("EVENT_COLUMNS and the Event struct list different fields")
+# Every field of an Event, from a statement over `events` (by that name).
+EVENT_SELECT = f"{_SELECT_LIST}, {DETAIL} AS detail"
+_PAGE_DETAIL = EVENT_DETAIL.format(event_id="page.id")
 _ORDER = {True: '"time" DESC, event_id DESC', False: '"time", event_id'}
 _OUTER_ORDER = {True: '"time" DESC, id DESC', False: '"time", id'}
 # A literal, not a bound value: a generic (prepared) plan may use the partial index only if
@@ -290,8 +294,11 @@ class _Query:
         # its own, prepared and planned again. With sorts and bitmap scans off, the generic
         # plan (which cannot see `n`) is the ordered scans all the same.
         limit = self.bind(int(n))
+        # The full event is read for the rows of the page only: in the one scan's select
+        # list, or around the merge of several (once the limit is applied).
+        detail = len(scans) == 1
         branches = [
-            f"SELECT {_SELECT_LIST} FROM events"
+            f"SELECT {EVENT_SELECT if detail else _SELECT_LIST} FROM events"
             + (" WHERE " + " AND ".join((*scan, *self.common)) if scan or self.common else "")
             + f" ORDER BY {_ORDER[descending]} LIMIT {limit}"
             for scan in scans
@@ -301,7 +308,10 @@ class _Query:
         else:
             union = "\nUNION ALL\n".join(f"({branch})" for branch in branches)
             outer = _OUTER_ORDER[descending]
-            sql = f"SELECT * FROM (\n{union}\n) AS page ORDER BY {outer} LIMIT {limit}"
+            sql = (
+                f"SELECT page.*, {_PAGE_DETAIL} AS detail"
+                f" FROM (\n{union}\n) AS page ORDER BY {outer} LIMIT {limit}"
+            )
         return sql, tuple(self.params)
 
 

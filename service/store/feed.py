@@ -172,17 +172,14 @@ def _column_name(column: Any) -> str:
 
 
 def _selected(column: Any) -> str:
-    name = _column_name(column)
-    cast = "::text" if name == "detail" else ""  # the JSON text, for msgspec.Raw
-    return f'e."{name}"{cast} AS "{column.name}"'
+    return f'e."{_column_name(column)}" AS "{column.name}"'
 
 
-_EVENT_SELECT = ", ".join(_selected(c) for c in EVENT_COLUMNS)
+# The detail is the journal row's body (the feed reads full events' rows), as its text.
+_EVENT_SELECT = ", ".join(_selected(c) for c in EVENT_COLUMNS) + ', j.body::text AS "detail"'
 # Rows become FeedEvents by position, and must stay Events field for field.
-if not (
-    tuple(c.name for c in EVENT_COLUMNS) == Event.__struct_fields__ == FeedEvent.__struct_fields__
-):
-    raise RuntimeError("EVENT_COLUMNS, Event and FeedEvent list different fields")
+if Event.__struct_fields__ != FeedEvent.__struct_fields__:
+    raise RuntimeError("Event and FeedEvent list different fields")
 
 # The journal range (after, through] read in position order (its primary key), at most
 # `scan` rows of it, each full event joined with its events row. Run lazily: the nested loop
@@ -190,7 +187,7 @@ if not (
 _PAGE = """
     SELECT j.position, {columns}
     FROM (
-        SELECT position, event_id, kind FROM journal
+        SELECT position, event_id, kind, body FROM journal
         WHERE position > $1 AND position <= $2
         ORDER BY position
         LIMIT $3
@@ -232,8 +229,17 @@ def _conditions(where: FeedFilter, params: list[Any]) -> str:
 def _feed_event(values: tuple[Any, ...]) -> FeedEvent:
     fields = list(values)
     if fields[-1] is not None:  # detail, the last column, as in Event
-        fields[-1] = msgspec.Raw(fields[-1])
+        fields[-1] = msgspec.Raw(one_line(fields[-1]))
     return FeedEvent(*fields)
+
+
+def one_line(json_text: str) -> str:
+    """The JSON text as received, on one line: an SSE message's `data` is one line, and Paxos
+    may send its JSON spread over several (a line break can only be whitespace between
+    tokens: inside a string JSON escapes it)."""
+    if "\n" in json_text or "\r" in json_text:
+        return msgspec.json.format(json_text, indent=0)
+    return json_text
 
 
 async def read_page(

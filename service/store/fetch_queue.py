@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db.notify import PENDING_CHANNEL
-from service.store.tables import TEST_CONFIRMATION, as_jsonb, confirmation_body
+from service.store.tables import TEST_CONFIRMATION, confirmation_body, object_id_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +76,13 @@ _CLAIM = text(
 # Every outcome of a batch in one statement, so that it commits on its own (the writer keeps
 # an autocommit connection: no BEGIN and COMMIT round trips per batch). The full event joins
 # the journal (once: ON CONFLICT DO NOTHING) and its events row becomes `fetched` together.
-# `detail` is jsonb for querying; the journal keeps the exact text (and its own parsed copy,
-# `doc`, computed by PostgreSQL). jsonb cannot hold \u0000, so the parsed copies replace it
-# (the journal's body does not). Paxos's word on the test flag is recorded with the event, once
-# (a trigger refuses changing it): `confirmed_is_test`, and for a test event the journal's
-# `test_confirmation`, the evidence a prune needs. Retries and final failures
-# only touch rows still pending (a refetch or another worker may have moved them on).
+# The journal keeps the exact text (and what the projections read of it parsed, `doc`,
+# computed by PostgreSQL); the events row, the object's id its events are found by. jsonb
+# cannot hold \u0000, so the parsed copies replace it (the journal's body does not). Paxos's
+# word on the test flag is recorded with the event, once (a trigger refuses changing it):
+# `confirmed_is_test`, and for a test event the journal's `test_confirmation`, the evidence a
+# prune needs. Retries and final failures only touch rows still pending (a refetch or another
+# worker may have moved them on).
 _OUTCOMES = text(
     """
     WITH fetched_in AS (
@@ -103,7 +104,7 @@ _OUTCOMES = text(
         UPDATE events e SET
             status = 'fetched',
             confirmed_is_test = coalesce(e.confirmed_is_test, i.is_test),
-            detail = {detail},
+            object_id = {object_id},
             identity_id = i.identity_id,
             object_type = i.object_type,
             undelivered_webhooks = i.undelivered_webhooks,
@@ -133,7 +134,7 @@ _OUTCOMES = text(
         CAST(:final_ids AS uuid[]), CAST(:statuses AS text[]), CAST(:final_errors AS text[])
     ) AS i(event_id, status, error)
     WHERE e.event_id = i.event_id AND e.status = 'pending'
-    """.replace("{detail}", as_jsonb("i.raw"))
+    """.replace("{object_id}", object_id_of("i.raw"))
     .replace("{confirmation}", TEST_CONFIRMATION)
     .replace("{confirmed_by_get_event}", confirmation_body("get_event"))
 )

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.store.tables import TEST_CONFIRMATION, as_jsonb, confirmation_body
+from service.store.tables import TEST_CONFIRMATION, confirmation_body, object_id_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +51,17 @@ _RECORD = text(
     upserted AS (
         INSERT INTO events AS e (
             event_id, type, source, time, object, is_test, confirmed_is_test, status, via,
-            deliveries, fetched_at, identity_id, object_type, undelivered_webhooks, detail,
+            deliveries, fetched_at, identity_id, object_type, undelivered_webhooks, object_id,
             next_attempt_at
         )
         SELECT event_id, type, 'com.paxos', time, 'event', is_test, is_test, 'fetched',
                'list_events', 0, clock_timestamp(), identity_id, object_type,
-               undelivered_webhooks, {detail}, NULL
+               undelivered_webhooks, {object_id}, NULL
         FROM input ORDER BY event_id
         ON CONFLICT (event_id) DO UPDATE SET
             status = 'fetched',
             confirmed_is_test = coalesce(e.confirmed_is_test, excluded.confirmed_is_test),
-            detail = excluded.detail,
+            object_id = excluded.object_id,
             identity_id = excluded.identity_id,
             object_type = excluded.object_type,
             undelivered_webhooks = excluded.undelivered_webhooks,
@@ -84,7 +84,7 @@ _RECORD = text(
         ON CONFLICT (event_id, kind) DO NOTHING
     )
     SELECT event_id, inserted FROM upserted
-    """.replace("{detail}", as_jsonb("raw"))
+    """.replace("{object_id}", object_id_of("raw"))
     .replace("{confirmation}", TEST_CONFIRMATION)
     .replace("{confirmed_by_listing}", confirmation_body("list_events"))
 )

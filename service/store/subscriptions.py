@@ -32,6 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.domain.stored import Event
+from service.store.tables import EVENT_DETAIL
 
 # NOTIFY'd by the admin routes when a subscription is created, changed or deleted, so that
 # every process's delivery loop looks again at once (its 1 s poll would find it anyway).
@@ -54,12 +55,12 @@ _MATCHES = """
                    ELSE e.type = t.pattern END))
 """
 # The ordering key: the identity, else the transfer or orchestration, else the event itself.
-# CASE evaluates lazily: the full event (detail) is read only for such events without one.
+# (The full event's `object.id`: `events.object_id`.)
 _KEY = """
     coalesce(
         'identity:' || e.identity_id,
         CASE WHEN starts_with(e.type, 'transfer.') OR starts_with(e.type, 'orchestration.')
-             THEN split_part(e.type, '.', 1) || ':' || (e.detail -> 'object' ->> 'id') END,
+             THEN split_part(e.type, '.', 1) || ':' || e.object_id END,
         'event:' || CAST(e.event_id AS text))
 """
 
@@ -473,7 +474,9 @@ _CLAIM_LOCK = text(
 _EVENT = (
     "e.event_id AS id, e.type, e.source, e.time, e.object, e.is_test, e.status, e.via, "
     "e.deliveries, e.first_received_at, e.last_received_at, e.fetched_at, e.attempts AS "
-    "fetch_attempts, e.last_error, e.identity_id, e.object_type, e.undelivered_webhooks, e.detail"
+    "fetch_attempts, e.last_error, e.identity_id, e.object_type, e.undelivered_webhooks, "
+    + EVENT_DETAIL.format(event_id="e.event_id")
+    + " AS detail"
 )
 
 _CLAIM = text(

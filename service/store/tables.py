@@ -31,6 +31,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import UserDefinedType
 
+from service.domain.history import FOLDED_FIELDS
 from service.domain.stored import EVENT_STATUSES
 
 
@@ -74,16 +75,55 @@ def confirmation_body(confirmed_by: str) -> str:
 
 def as_jsonb(json_text: str) -> str:
     """SQL for the JSON text `json_text` (an SQL expression) as jsonb: the parsed copies the
-    service queries (the journal's `doc`, `events.detail`). jsonb refuses \\u0000 escapes,
+    service queries (the journal's `doc`, `events.object_id`). jsonb refuses \\u0000 escapes,
     which the text Paxos sent may hold, so they are replaced (the journal's body keeps them)."""
     return f"CAST(replace(CAST({json_text} AS text), '\\u0000', '\\ufffd') AS jsonb)"
 
 
-# The journal's `doc` (migration 0007 writes the same expression out).
-JOURNAL_DOC = f"CASE WHEN kind = 'event' THEN {as_jsonb('body')} END"
-# Which events are a transfer's, and by what (migration 0008 writes both out).
+def object_id_of(json_text: str) -> str:
+    """SQL for a full event's `object.id` (`events.object_id`) from its JSON text."""
+    return f"({as_jsonb(json_text)} -> 'object' ->> 'id')"
+
+
+# What the journal keeps parsed of a full event (its `doc`): `type`, `created_at` and, of
+# `object`, the fields the folds of its type read (FOLDED_FIELDS) as they are; an `object`
+# that is not a JSON object is kept as it is, so the folds skip it as they would the full
+# event. Not the whole event: that held each full event a second time over (migration 0018),
+# and rebuilds read less. Migration 0018 writes the same definition out (a test checks).
+def _folded(field_names: tuple[str, ...]) -> str:
+    return "ARRAY[" + ", ".join(f"'{name}'" for name in field_names) + "]"
+
+
+_FOLDED = "\n".join(
+    f"{' ' * 39}WHEN starts_with(d ->> 'type', '{prefix}') THEN {_folded(names)}"
+    for prefix, names in FOLDED_FIELDS.items()
+)
+JOURNAL_DOC_FUNCTION = f"""
+CREATE FUNCTION journal_doc(body json) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN (
+    SELECT jsonb_build_object(
+        'type', d -> 'type',
+        'created_at', d -> 'created_at',
+        'object', CASE WHEN jsonb_typeof(d -> 'object') = 'object'
+                       THEN (SELECT coalesce(jsonb_object_agg(f.key, f.value), '{{}}')
+                             FROM jsonb_each(d -> 'object') AS f
+                             WHERE f.key = ANY (CASE
+{_FOLDED}
+                                 END))
+                       ELSE d -> 'object' END)
+    FROM (SELECT {as_jsonb("body")} AS d) AS parsed
+)
+"""
+# The journal's `doc` (migration 0018 writes the same expression out).
+JOURNAL_DOC = "CASE WHEN kind = 'event' THEN journal_doc(body) END"
+# A full event as `events` rows are listed with it: the journal's body (the text as received,
+# which `json` keeps; events rows hold no copy since migration 0018), for the event whose id
+# is the SQL `{event_id}`.
+EVENT_DETAIL = "(SELECT j.body FROM journal j WHERE j.event_id = {event_id} AND j.kind = 'event')"
+# Which events are a transfer's, and by what (migration 0018 writes both out).
 TRANSFER_EVENTS = "starts_with(type, 'transfer.')"
-TRANSFER_OBJECT_ID = "((detail -> 'object'::text) ->> 'id'::text)"
+TRANSFER_OBJECT_ID = "object_id"
 # Which events are an orchestration's (migration 0015 writes it out; the id is found as a
 # transfer's is, TRANSFER_OBJECT_ID).
 ORCHESTRATION_EVENTS = "starts_with(type, 'orchestration.')"
@@ -108,10 +148,10 @@ journal = Table(
     # `json`, not `jsonb`: it keeps the bytes exactly as received (the evidence auditors
     # hash), and accepts \u0000 escapes that jsonb refuses.
     Column("body", JSON(none_as_null=True), nullable=False),
-    # A full event's body parsed, for the projections (a rebuild reads every one: parsing
-    # them was half its work). PostgreSQL computes it from `body` when the row is written and
-    # no statement can write it, so it says what the body says wherever `verify` finds the
-    # body intact. jsonb refuses \u0000, so it is replaced, as in `events.detail`.
+    # What the projections read of a full event, parsed (a rebuild reads every one: parsing
+    # them was half its work): JOURNAL_DOC_FUNCTION. PostgreSQL computes it from `body` when
+    # the row is written and no statement can write it, so it says what the body says
+    # wherever `verify` finds the body intact. jsonb refuses \u0000, so it is replaced.
     Column(
         "doc",
         JSONB(none_as_null=True),
@@ -160,7 +200,9 @@ events = Table(
     Column("identity_id", Text, nullable=True),
     Column("object_type", Text, nullable=True),
     Column("undelivered_webhooks", Integer, nullable=True),
-    Column("detail", JSONB(none_as_null=True), nullable=True),
+    # The full event's `object.id` (a transfer's, an orchestration's, ...): what their events
+    # are found by. The full event itself is the journal's (EVENT_DETAIL).
+    Column("object_id", Text, nullable=True),
     # Every webhook receipt time (the audit export's evidence of "when Paxos told us"),
     # appended by the intake in the statement that bumps `deliveries`: the first
     # RECEIPT_TIMES_KEPT of them (`deliveries` and `last_received_at` stay exact past that).
@@ -222,20 +264,19 @@ Index(
     postgresql_where=events.c.identity_id.isnot(None),
 )
 # A transfer's events, newest first (the console's transfer page): they are found by the id
-# inside the full event, which nothing else indexes. Partial: transfer events only.
+# inside the full event (`object_id`). Partial: transfer events only. Built by 0018.
 Index(
     "ix_events_transfer_object_id_time_event_id",
-    text(TRANSFER_OBJECT_ID),
+    events.c.object_id,
     events.c.time,
     events.c.event_id,
     postgresql_where=text(TRANSFER_EVENTS),
 )
 # An orchestration's events (its state as of any time, its history: store/projections/
-# history.py), found like a transfer's. Partial: orchestration events only. Built
-# CONCURRENTLY by 0015.
+# history.py), found like a transfer's. Partial: orchestration events only. Built by 0018.
 Index(
     "ix_events_orchestration_object_id_time_event_id",
-    text(TRANSFER_OBJECT_ID),
+    events.c.object_id,
     events.c.time,
     events.c.event_id,
     postgresql_where=text(ORCHESTRATION_EVENTS),

@@ -22,7 +22,7 @@ from litestar.datastructures import MultiDict
 from sqlalchemy import delete, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.store.tables import events
+from service.store.tables import events, journal
 from tests.support.tokens import read_headers
 
 T0 = datetime(2026, 1, 7, 14, 30, 2, tzinfo=UTC)
@@ -66,11 +66,21 @@ def row(
 
 
 async def store(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert `rows` straight into `events` (Core, one executemany)."""
+    """Insert `rows` straight into `events`, and each one's `detail` into the journal as its
+    full event (Core, an executemany each)."""
     if not rows:
         return
+    full = [
+        {"event_id": r["event_id"], "kind": "event", "body": r["detail"]}
+        for r in rows
+        if r.get("detail") is not None
+    ]
     async with engine.begin() as conn:
-        await conn.execute(insert(events), list(rows))
+        await conn.execute(
+            insert(events), [{k: v for k, v in r.items() if k != "detail"} for r in rows]
+        )
+        if full:
+            await conn.execute(insert(journal), full)
 
 
 async def listing(client: httpx.AsyncClient, params: Params = ()) -> httpx.Response:
@@ -603,10 +613,11 @@ async def test_every_walk_matches_a_plain_filter_and_sort(
 
     async def replace_rows(rows: list[dict[str, Any]]) -> None:
         async with engine.begin() as conn:
-            # Events are never deleted in service (a trigger, migration 0006); this test
+            # Events and the journal are never deleted in service (triggers); this test
             # starts each example afresh, as the test server's superuser.
             await conn.execute(text("SET LOCAL session_replication_role = replica"))
             await conn.execute(delete(events))
+            await conn.execute(delete(journal))
         await store(engine, rows)
 
     @settings(

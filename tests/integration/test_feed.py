@@ -4,6 +4,8 @@ long-poll and its NOTIFY wake-up, and the 400s. (SSE runs on a real server: test
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 import uuid
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.api.feed import sse_message
 from service.db.notify import FETCHED_CHANNEL, Waker
 from service.store.feed import FeedFilter, read_page
 from service.store.following import Follower
@@ -65,6 +68,24 @@ async def test_items_are_full_events_in_position_order_as_get_event_returns_them
         assert item["event"]["detail"]["object"]["identity_id"] == "idt-1"
     assert page["next_after"] >= max(written.values())
     assert (await feed(client, after=page["next_after"]))["items"] == []
+
+
+async def test_a_full_event_sent_over_several_lines_is_one_line_of_an_sse_message(
+    engine: AsyncEngine,
+) -> None:
+    """The feed passes the journal's body through as received; JSON spread over lines (as
+    Paxos may send it) is put on one line, so an SSE message's `data` stays one line."""
+    compact = full_event()
+    spread = dataclasses.replace(compact, raw=json.dumps(json.loads(compact.raw), indent=2))
+    assert "\n" in spread.raw
+    written = await commit(engine, spread)
+    async with engine.connect() as conn:
+        page = await read_page(conn, after=0, through=max(written.values()), limit=10)
+    [(position, event)] = page.items
+    message = sse_message(position, event)
+    assert message.count(b"\n") == 4 and message.endswith(b"\n\n")  # id, event, data, blank
+    data = message.split(b"\n")[2].removeprefix(b"data: ")
+    assert json.loads(data)["event"]["detail"] == json.loads(compact.raw)
 
 
 async def test_a_position_that_commits_late_is_neither_skipped_nor_repeated(

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
+import msgspec
 import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.domain import history
+from service.simulator.universe import generate_universe
 from service.store.tables import journal
 
 
@@ -72,10 +77,14 @@ async def test_rows_carry_their_transaction_id_for_gap_safe_reading(engine: Asyn
 async def test_a_full_event_is_kept_parsed_as_written_and_nothing_can_write_that_copy(
     engine: AsyncEngine,
 ) -> None:
-    """`doc` (what projections read) is computed by PostgreSQL from the body: the very text
-    for `event` rows, with jsonb's one refusal (\\u0000) replaced; nothing for notifications;
-    and no statement can set it, not even with the append-only trigger out of the way."""
-    body = '{"id": "e1", "type": "identity.approved", "object": {"nul": "a\\u0000b", "n": 1.50}}'
+    """`doc` (what projections read) is computed by PostgreSQL from the body: for `event`
+    rows its type, time and the object fields the folds of its type read, as they are, with
+    jsonb's one refusal (\\u0000) replaced; nothing for notifications; and no statement can
+    set it, not even with the append-only trigger out of the way."""
+    body = (
+        '{"id": "e1", "type": "transfer.crypto_withdrawal.completed", "object": {"id": '
+        '"a\\u0000b", "status": 1.50, "memo": null, "identity_id": "x"}, "source": "com.paxos"}'
+    )
     notified, fetched = uuid.uuid4(), uuid.uuid4()
     async with engine.begin() as conn:
         for event_id, kind in [(notified, "notification"), (fetched, "event")]:
@@ -91,8 +100,8 @@ async def test_a_full_event_is_kept_parsed_as_written_and_nothing_can_write_that
     assert bodies == {body}
     assert docs == {
         "notification": None,
-        "event": '{"id": "e1", "type": "identity.approved", '
-        '"object": {"n": 1.50, "nul": "a\ufffdb"}}',
+        "event": '{"type": "transfer.crypto_withdrawal.completed", "object": {"id": '
+        '"a\ufffdb", "memo": null, "status": 1.50}, "created_at": null}',
     }
     for statement, refusal in [
         ("UPDATE journal SET doc = '{}'::jsonb", 'column "doc" can only be updated to DEFAULT'),
@@ -106,3 +115,42 @@ async def test_a_full_event_is_kept_parsed_as_written_and_nothing_can_write_that
             async with engine.begin() as conn:
                 await conn.execute(text("SET LOCAL session_replication_role = replica"))
                 await conn.execute(text(statement))
+
+
+async def test_the_folds_read_nothing_the_journals_doc_leaves_out(engine: AsyncEngine) -> None:
+    """The journal keeps of a full event only what the folds read (`journal_doc`): every
+    subject's state and history folded from those copies are the ones folded from the full
+    events, over a simulated universe (every field Paxos sends, the folds' and the others')."""
+    universe = generate_universe(600, seed=7)
+    bodies = [sim.event_body() for sim in universe]
+    async with engine.connect() as conn:
+        docs = await conn.scalars(
+            text("SELECT journal_doc(CAST(b AS json))::text FROM unnest(CAST(:b AS text[])) b"),
+            {"b": [msgspec.json.encode(body).decode() for body in bodies]},
+        )
+        kept = [msgspec.json.decode(doc) for doc in docs]
+    at = datetime(2026, 12, 5, tzinfo=UTC)
+
+    def recorded(parts: list[dict[str, Any]]) -> list[history.Recorded]:
+        return [
+            history.Recorded.parsed(
+                uuid.UUID(body["id"]), d["type"], d["created_at"], d["object"], at, "webhook"
+            )
+            for body, d in zip(bodies, parts, strict=True)
+        ]
+
+    full, narrow = recorded(bodies), recorded(kept)
+    left_out = {
+        f for b, k in zip(bodies, kept, strict=True) for f in b["object"].keys() - k["object"]
+    }
+    assert "id" in left_out  # an identity event's own: the identity fold reads identity_id
+    compared = 0
+    for kind in history.KINDS:
+        subjects = {history.subject_of(kind, r.event) for r in full} - {None}
+        for subject in subjects:
+            assert history.fold(narrow, kind, subject) == history.fold(full, kind, subject)
+            assert [
+                (e.key, e.state, e.changes) for e in history.history(narrow, kind, subject)
+            ] == [(e.key, e.state, e.changes) for e in history.history(full, kind, subject)]
+            compared += 1
+    assert compared > 50

@@ -16,7 +16,7 @@ from service.db.migrations import (
     head_revision,
     upgrade,
 )
-from service.store.tables import JOURNAL_DOC
+from service.store.tables import JOURNAL_DOC, JOURNAL_DOC_FUNCTION
 
 
 async def tables(engine: AsyncEngine) -> set[str]:
@@ -117,3 +117,17 @@ async def test_0009_confirms_the_test_events_fetched_before_it_from_their_stored
     assert sorted(journal) == sorted(
         (ids[name], "test_confirmation", body) for name in ("test", "pruned_test")
     )
+
+
+async def test_the_journals_doc_function_is_the_models(engine: AsyncEngine) -> None:
+    """`journal_doc`, as migration 0018 wrote it out, is service/store/tables.py's definition:
+    PostgreSQL's rendering of both, but for the schema, is the same."""
+    definition = "SELECT pg_get_functiondef(CAST(:f AS regprocedure))"
+    model = JOURNAL_DOC_FUNCTION.replace("FUNCTION journal_doc(", "FUNCTION pg_temp.journal_doc(")
+    async with engine.begin() as conn:
+        migrated = await conn.scalar(text(definition), {"f": "public.journal_doc(json)"})
+        await conn.execute(text(model))
+        modelled = await conn.scalar(text(definition), {"f": "pg_temp.journal_doc(json)"})
+    assert migrated is not None and modelled is not None
+    body = migrated.partition("\n")[2]
+    assert "jsonb_each" in body and body == modelled.partition("\n")[2]

@@ -30,8 +30,9 @@ from service.store.audit.prune import prune_test_events
 from service.store.audit.seals import seal_pending
 from service.store.listed import record_listed
 from service.store.reconcile import Counts, PassState, Window, load_pass, start_pass
-from service.store.tables import events, journal, reconcile_missed, reconcile_passes
+from service.store.tables import journal, reconcile_missed, reconcile_passes
 from tests.support.fetching import PAXOS, Paxos, deliver, paxos_settings
+from tests.support.fetching import rows as stored
 from tests.support.projections import stored_view, universe_folds, view_of_state
 from tests.support.tokens import API_KEY, admin_headers, read_headers
 
@@ -50,11 +51,6 @@ async def sim() -> AsyncIterator[Paxos]:
 
 def paxos_client(settings: Settings, engine: AsyncEngine, sim: Paxos) -> PaxosClient:
     return build_client(paxos_settings(settings), engine, sim.http)
-
-
-async def stored(engine: AsyncEngine) -> dict[str, dict[str, object]]:
-    async with engine.connect() as conn:
-        return {str(r.event_id): dict(r._mapping) for r in await conn.execute(select(events))}
 
 
 async def journal_count(engine: AsyncEngine, kind: str) -> int:

@@ -15,7 +15,7 @@ from service.paxos.client import build_client
 from service.settings import Settings
 from service.simulator.server import SimulatorState
 from service.simulator.universe import Universe
-from service.store.tables import events
+from service.store.tables import events, journal
 from tests.support.factories import encode
 from tests.support.tokens import API_KEY
 
@@ -89,6 +89,14 @@ def new_fetcher(engine: AsyncEngine, settings: Settings, paxos: Paxos, **kwargs:
 
 
 async def rows(engine: AsyncEngine) -> dict[str, dict[str, object]]:
+    """Every events row by id, with its `detail` as the API serves it: the journal's full
+    event (None until fetched)."""
+    full = (
+        select(journal.c.body)
+        .where(journal.c.event_id == events.c.event_id, journal.c.kind == "event")
+        .scalar_subquery()
+        .label("detail")
+    )
     async with engine.connect() as conn:
-        result = await conn.execute(select(events))
+        result = await conn.execute(select(events, full))
         return {str(r.event_id): dict(r._mapping) for r in result}

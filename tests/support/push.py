@@ -52,10 +52,10 @@ async def store_fetched(
     await conn.execute(
         text(
             "INSERT INTO events (event_id, type, source, time, object, is_test, status, "
-            "fetched_at, identity_id, object_type, undelivered_webhooks, detail, deliveries, "
+            "fetched_at, identity_id, object_type, undelivered_webhooks, object_id, deliveries, "
             "first_received_at, last_received_at) "
             "VALUES (:id, :type, 'com.paxos', now(), 'event', :is_test, 'fetched', now(), "
-            ":identity_id, :object_type, 0, CAST(:raw AS jsonb), 1, now(), now())"
+            ":identity_id, :object_type, 0, :object_id, 1, now(), now())"
         ),
         {
             "id": uuid.UUID(body["id"]),
@@ -63,7 +63,7 @@ async def store_fetched(
             "is_test": is_test,
             "identity_id": body["object"].get("identity_id"),
             "object_type": body["object_type"],
-            "raw": raw,
+            "object_id": body["object"].get("id"),
         },
     )
     await conn.execute(

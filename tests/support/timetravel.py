@@ -1,5 +1,5 @@
 """Time-travel test data and expectations: full events recorded as the fetcher and the
-reconciler record them (events row with its identity and detail, journal row at a chosen
+reconciler record them (events row with its identity and object id, journal row at a chosen
 `recorded_at`), and the straightforward folds the answers must equal."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.domain import identity, latest, orchestration, transfer
 from service.domain.event import ProjectedEvent, time_ns
 from service.domain.paxos_event import Fetched, PaxosEvent, identity_id_of
-from service.store.tables import as_jsonb, confirmation_body
+from service.store.tables import confirmation_body, object_id_of
 
 _EVENTS = text(
     "INSERT INTO events (event_id, type, source, time, object, is_test, confirmed_is_test, "
-    "status, via, identity_id, detail) VALUES (:id, :type, 'com.paxos', now(), 'event', "
-    f":is_test, :is_test, 'fetched', :via, :identity_id, {as_jsonb('CAST(:raw AS text)')}) "
+    "status, via, identity_id, object_id) VALUES (:id, :type, 'com.paxos', now(), 'event', "
+    f":is_test, :is_test, 'fetched', :via, :identity_id, {object_id_of('CAST(:raw AS text)')}) "
     "ON CONFLICT (event_id) DO NOTHING"
 )
 _JOURNAL = text(
@@ -40,7 +40,7 @@ async def record(
     recorded_at: datetime | None = None,
 ) -> None:
     """Store full events as the fetcher (`via="webhook"`) or a backfill (`"list_events"`)
-    does: the events row `fetched` with the identity and detail the fetcher derives, the
+    does: the events row `fetched` with the identity and object id the fetcher derives, the
     journal `event` row (recorded at `recorded_at`, default now), a test event's
     `test_confirmation`; in one transaction. A second record of an id adds nothing."""
     async with engine.begin() as conn:

@@ -41,9 +41,10 @@ def test_the_newest_year_is_the_same_size_at_every_size() -> None:
     assert until == growth.time_of(3_000_001).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def test_the_load_fills_events_detail_only_where_the_schema_has_it() -> None:
-    with_detail, without = growth.load_statement(True), growth.load_statement(False)
-    assert "undelivered_webhooks, detail)" in with_detail
-    assert "b::jsonb" in with_detail
-    assert "detail" not in without.split("INSERT INTO events", 1)[1].split("FROM body", 1)[0]
-    assert "{detail" not in with_detail + without
+def test_the_load_fills_events_detail_or_object_id_only_where_the_schema_has_it() -> None:
+    before, after = growth.load_statement(True), growth.load_statement(False, True)
+    assert "undelivered_webhooks, detail)" in before and "b::jsonb" in before
+    assert "undelivered_webhooks, object_id)" in after and "->> 'id'" in after
+    assert "detail" not in after.split("INSERT INTO events", 1)[1].split("FROM body", 1)[0]
+    assert "object_id" not in before
+    assert "{detail" not in before + after

@@ -55,7 +55,7 @@ def test_the_statement_is_the_same_for_every_limit(filters: EventFilter) -> None
 
 def test_a_prefix_is_one_scan_per_is_test_value_whatever_the_types() -> None:
     sql, params = listing_statement(EventFilter(type_prefixes=("identity.", "identity.x.")), 5)
-    assert sql.count("SELECT") == 3  # two scans, merged
+    assert sql.count("FROM events") == 2  # two scans, merged
     assert "identity." in params and "identity.x." not in params  # inside identity.*
 
 

@@ -39,6 +39,7 @@ from service.domain.identity import (
     CONTROL_DELETED,
     DOCUMENTS_REQUIRED,
     KYC_PREFIX,
+    PREFIX,
 )
 from service.store.tables import TEST_CONFIRMATION
 
@@ -435,7 +436,7 @@ _LATEST = {
 
 def _spec(name: str) -> _Spec:
     if name == "identities":
-        return _Spec("identity.", "identity_id", _IDENTITY_FACTS)
+        return _Spec(PREFIX, "identity_id", _IDENTITY_FACTS)
     _, prefix, fields = _LATEST[name]
     # Object fields are prefixed: the transfer's own `type` is not the event's.
     facts = {"subject_id": _string("id"), **{f"o_{f}": _string(f) for f in fields}}

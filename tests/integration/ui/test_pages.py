@@ -384,7 +384,7 @@ async def test_a_transfers_timeline_reads_its_own_events_only(engine: AsyncEngin
             "object": "event",
             "is_test": False,
             "status": "fetched",
-            "detail": {"object": {"id": transfer_id}},
+            "object_id": transfer_id,
         }
 
     ours = [transfer_event("tr-ours", s) for s in (5, 1, 9)]
@@ -403,8 +403,10 @@ async def test_a_transfers_timeline_reads_its_own_events_only(engine: AsyncEngin
     nodes = _plan_nodes(plan[0]["Plan"])
     # The transfer's index alone finds the rows (an index scan or a bitmap of it), and the
     # scan of events returns the 3 rows without reading others to throw away.
+    # (The journal's key finds each one's full event.)
     assert {n["Index Name"] for n in nodes if "Index Name" in n} == {
-        "ix_events_transfer_object_id_time_event_id"
+        "ix_events_transfer_object_id_time_event_id",
+        "uq_journal_event_id_kind",
     }
     scans = [n for n in nodes if n.get("Relation Name") == "events"]
     assert [(n["Actual Rows"], n.get("Rows Removed by Filter", 0)) for n in scans] == [(3, 0)]
