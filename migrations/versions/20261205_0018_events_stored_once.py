@@ -4,8 +4,8 @@ folds read.
 A full event was held three times: the journal's `body` (the evidence, as received), the
 journal's `doc` (all of it parsed, for rebuilds and histories) and `events.detail` (parsed
 again, for `/events`, the feed and push). Now `/events`, the feed and push read the journal's
-body, and `doc` keeps `type`, `created_at` and the object fields the folds of the event's type
-read (`journal_doc`, which service/store/tables.py defines too: a test checks the two agree). A
+body, and `doc` keeps `type`, `created_at` and the object fields the folds read of an event of
+its type (`journal_doc`, which service/store/tables.py defines too: a test checks the two agree). A
 transfer's and an orchestration's events are found by `events.object_id` (the full event's
 `object.id`), which replaces the indexes over `detail`.
 
@@ -38,21 +38,29 @@ RETURN (
         'object', CASE WHEN jsonb_typeof(d -> 'object') = 'object'
                        THEN (SELECT coalesce(jsonb_object_agg(f.key, f.value), '{}')
                              FROM jsonb_each(d -> 'object') AS f
-                             WHERE f.key = ANY (CASE
-                                 WHEN starts_with(d ->> 'type', 'identity.') THEN ARRAY[
-                                     'identity_id', 'new_summary_status', 'required_documents',
-                                     'last_kyc_refresh_date', 'next_kyc_refresh_date',
-                                     'control_id', 'control_type', 'set_by', 'is_overridable',
-                                     'reason_code']
-                                 WHEN starts_with(d ->> 'type', 'transfer.') THEN ARRAY[
-                                     'id', 'type', 'status', 'profile_id', 'ref_id',
-                                     'crypto_network', 'crypto_tx_hash', 'crypto_tx_index',
-                                     'memo']
-                                 WHEN starts_with(d ->> 'type', 'orchestration.') THEN ARRAY[
-                                     'id', 'status', 'ref_id', 'orchestration_rule_id']
-                                 END))
+                             WHERE starts_with(t, 'identity.')
+                                   AND f.key IN ('identity_id', 'new_summary_status')
+                                OR t = 'identity.documents_required'
+                                   AND f.key IN ('required_documents')
+                                OR starts_with(t, 'identity.kyc_refresh.')
+                                   AND f.key IN ('last_kyc_refresh_date', 'next_kyc_refresh_date')
+                                OR t = 'identity.control.created'
+                                   AND f.key IN ('control_id', 'control_type', 'set_by',
+                                                 'is_overridable', 'reason_code')
+                                OR t = 'identity.control.deleted'
+                                   AND f.key IN ('control_id', 'control_type', 'set_by',
+                                                 'is_overridable', 'reason_code')
+                                OR starts_with(t, 'transfer.')
+                                   AND f.key IN ('id', 'type', 'status', 'profile_id', 'ref_id',
+                                                 'crypto_network', 'crypto_tx_hash',
+                                                 'crypto_tx_index', 'memo')
+                                OR starts_with(t, 'orchestration.')
+                                   AND f.key IN ('id', 'status', 'ref_id',
+                                                 'orchestration_rule_id'))
                        ELSE d -> 'object' END)
-    FROM (SELECT CAST(replace(CAST(body AS text), '\u0000', '\ufffd') AS jsonb) AS d) AS parsed
+    FROM (SELECT d, d ->> 'type' AS t
+          FROM (SELECT CAST(replace(CAST(body AS text), '\u0000', '\ufffd') AS jsonb) AS d)
+               AS parsed) AS typed
 )
 """
 _DOC = "CASE WHEN kind = 'event' THEN journal_doc(body) END"

@@ -29,15 +29,28 @@ from service.domain.identity import IdentityState
 from service.domain.latest import LatestState
 
 KINDS = ("identities", "transfers", "orchestrations")
-# The object fields each fold reads, by the event types it reads (an event of another type
-# changes none of its subjects): the subject's `id` (transfers, orchestrations) and the fold's
-# own. Of a full event, the journal keeps parsed only `type`, `created_at` and these fields of
-# `object` (its `doc`); a test holds every fold over full events to the same fold over those.
-FOLDED_FIELDS: dict[str, tuple[str, ...]] = {
-    identity.PREFIX: identity.FIELDS,
-    transfer.PREFIX: ("id", *transfer.FIELDS),
-    orchestration.PREFIX: ("id", *orchestration.FIELDS),
-}
+# The object fields the folds read, by the events they read them of (a pattern ending in "."
+# is a type prefix, any other an exact type; an event's fields are those of every pattern it
+# matches): the subject's `id` (transfers, orchestrations) and each fold's own. Of a full
+# event, the journal keeps parsed only `type`, `created_at` and these fields of `object` (its
+# `doc`); a test holds every fold over full events to the same fold over those.
+FOLDED_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *identity.FIELDS_READ,
+    (transfer.PREFIX, ("id", *transfer.FIELDS)),
+    (orchestration.PREFIX, ("id", *orchestration.FIELDS)),
+)
+
+
+def folded_fields(event_type: str) -> set[str]:
+    """The object fields the folds read of an event of `event_type`."""
+    return {
+        name
+        for pattern, names in FOLDED_FIELDS
+        if (event_type.startswith(pattern) if pattern.endswith(".") else event_type == pattern)
+        for name in names
+    }
+
+
 State = IdentityState | LatestState
 
 

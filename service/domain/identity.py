@@ -23,19 +23,17 @@ KYC_PREFIX = "identity.kyc_refresh."
 CONTROL_CREATED = "identity.control.created"
 CONTROL_DELETED = "identity.control.deleted"
 DOCUMENTS_REQUIRED = "identity.documents_required"
-# The object fields this fold reads of its events (`ProjectedEvent.text` / `flag`,
-# `documents_of`): what the journal keeps parsed of them (`domain.history.FOLDED_FIELDS`).
-FIELDS = (
-    "identity_id",
-    "new_summary_status",
-    "required_documents",
-    "last_kyc_refresh_date",
-    "next_kyc_refresh_date",
-    "control_id",
-    "control_type",
-    "set_by",
-    "is_overridable",
-    "reason_code",
+# The object fields this fold reads, by the events it reads them of (`ProjectedEvent.text` /
+# `flag`, `documents_of`): a pattern ending in "." is a type prefix, any other an exact type.
+# What the journal keeps parsed of full events (`domain.history.FOLDED_FIELDS`).
+FIELDS_READ: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (PREFIX, ("identity_id", "new_summary_status")),
+    (DOCUMENTS_REQUIRED, ("required_documents",)),
+    (KYC_PREFIX, ("last_kyc_refresh_date", "next_kyc_refresh_date")),
+    *(
+        (control, ("control_id", "control_type", "set_by", "is_overridable", "reason_code"))
+        for control in (CONTROL_CREATED, CONTROL_DELETED)
+    ),
 )
 
 

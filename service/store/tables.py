@@ -86,18 +86,20 @@ def object_id_of(json_text: str) -> str:
 
 
 # What the journal keeps parsed of a full event (its `doc`): `type`, `created_at` and, of
-# `object`, the fields the folds of its type read (FOLDED_FIELDS) as they are; an `object`
-# that is not a JSON object is kept as it is, so the folds skip it as they would the full
-# event. Not the whole event: that held each full event a second time over (migration 0018),
-# and rebuilds read less. Migration 0018 writes the same definition out (a test checks).
-def _folded(field_names: tuple[str, ...]) -> str:
-    return "ARRAY[" + ", ".join(f"'{name}'" for name in field_names) + "]"
+# `object`, the fields the folds read of an event of its type (FOLDED_FIELDS) as they are; an
+# `object` that is not a JSON object is kept as it is, so the folds skip it as they would the
+# full event. Not the whole event: that held each full event a second time over (migration
+# 0018), and rebuilds read less. Migration 0018 writes the same definition out (a test checks).
+def _matches(pattern: str) -> str:
+    return f"starts_with(t, '{pattern}')" if pattern.endswith(".") else f"t = '{pattern}'"
 
 
-_FOLDED = "\n".join(
-    f"{' ' * 39}WHEN starts_with(d ->> 'type', '{prefix}') THEN {_folded(names)}"
-    for prefix, names in FOLDED_FIELDS.items()
-)
+def _folded(pattern: str, names: tuple[str, ...]) -> str:
+    listed = ", ".join(f"'{name}'" for name in names)
+    return f"{_matches(pattern)} AND f.key IN ({listed})"
+
+
+_FOLDED = f"\n{' ' * 32}OR ".join(_folded(*rule) for rule in FOLDED_FIELDS)
 JOURNAL_DOC_FUNCTION = f"""
 CREATE FUNCTION journal_doc(body json) RETURNS jsonb
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
@@ -108,11 +110,10 @@ RETURN (
         'object', CASE WHEN jsonb_typeof(d -> 'object') = 'object'
                        THEN (SELECT coalesce(jsonb_object_agg(f.key, f.value), '{{}}')
                              FROM jsonb_each(d -> 'object') AS f
-                             WHERE f.key = ANY (CASE
-{_FOLDED}
-                                 END))
+                             WHERE {_FOLDED})
                        ELSE d -> 'object' END)
-    FROM (SELECT {as_jsonb("body")} AS d) AS parsed
+    FROM (SELECT d, d ->> 'type' AS t
+          FROM (SELECT {as_jsonb("body")} AS d) AS parsed) AS typed
 )
 """
 # The journal's `doc` (migration 0018 writes the same expression out).
