@@ -30,38 +30,52 @@ depends_on: str | Sequence[str] | None = None
 # Written out rather than imported: a migration must keep meaning what it meant when it ran.
 _FUNCTION = r"""
 CREATE FUNCTION journal_doc(body json) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN (
-    SELECT jsonb_build_object(
-        'type', d -> 'type',
-        'created_at', d -> 'created_at',
-        'object', CASE WHEN jsonb_typeof(d -> 'object') = 'object'
-                       THEN (SELECT coalesce(jsonb_object_agg(f.key, f.value), '{}')
-                             FROM jsonb_each(d -> 'object') AS f
-                             WHERE starts_with(t, 'identity.')
-                                   AND f.key IN ('identity_id', 'new_summary_status')
-                                OR t = 'identity.documents_required'
-                                   AND f.key IN ('required_documents')
-                                OR starts_with(t, 'identity.kyc_refresh.')
-                                   AND f.key IN ('last_kyc_refresh_date', 'next_kyc_refresh_date')
-                                OR t = 'identity.control.created'
-                                   AND f.key IN ('control_id', 'control_type', 'set_by',
-                                                 'is_overridable', 'reason_code')
-                                OR t = 'identity.control.deleted'
-                                   AND f.key IN ('control_id', 'control_type', 'set_by',
-                                                 'is_overridable', 'reason_code')
-                                OR starts_with(t, 'transfer.')
-                                   AND f.key IN ('id', 'type', 'status', 'profile_id', 'ref_id',
-                                                 'crypto_network', 'crypto_tx_hash',
-                                                 'crypto_tx_index', 'memo')
-                                OR starts_with(t, 'orchestration.')
-                                   AND f.key IN ('id', 'status', 'ref_id',
-                                                 'orchestration_rule_id'))
-                       ELSE d -> 'object' END)
-    FROM (SELECT d, d ->> 'type' AS t
-          FROM (SELECT CAST(replace(CAST(body AS text), '\u0000', '\ufffd') AS jsonb) AS d)
-               AS parsed) AS typed
-)
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+DECLARE
+    d jsonb := CAST(replace(CAST(body AS text), '\u0000', '\ufffd') AS jsonb);
+    t text := d ->> 'type';
+    o jsonb := d -> 'object';
+    names text[] := '{}';
+    kept jsonb := '{}';
+    name text;
+BEGIN
+    IF jsonb_typeof(o) = 'object' THEN
+        IF starts_with(t, 'identity.') THEN
+            names := names || ARRAY['identity_id', 'new_summary_status'];
+        END IF;
+        IF t = 'identity.documents_required' THEN
+            names := names || ARRAY['required_documents'];
+        END IF;
+        IF starts_with(t, 'identity.kyc_refresh.') THEN
+            names := names || ARRAY['last_kyc_refresh_date', 'next_kyc_refresh_date'];
+        END IF;
+        IF t = 'identity.control.created' THEN
+            names := names || ARRAY['control_id', 'control_type', 'set_by', 'is_overridable',
+                                    'reason_code'];
+        END IF;
+        IF t = 'identity.control.deleted' THEN
+            names := names || ARRAY['control_id', 'control_type', 'set_by', 'is_overridable',
+                                    'reason_code'];
+        END IF;
+        IF starts_with(t, 'transfer.') THEN
+            names := names || ARRAY['id', 'type', 'status', 'profile_id', 'ref_id',
+                                    'crypto_network', 'crypto_tx_hash', 'crypto_tx_index',
+                                    'memo'];
+        END IF;
+        IF starts_with(t, 'orchestration.') THEN
+            names := names || ARRAY['id', 'status', 'ref_id', 'orchestration_rule_id'];
+        END IF;
+        FOREACH name IN ARRAY names LOOP
+            IF o ? name THEN
+                kept := kept || jsonb_build_object(name, o -> name);
+            END IF;
+        END LOOP;
+        o := kept;
+    END IF;
+    RETURN jsonb_build_object('type', d -> 'type', 'created_at', d -> 'created_at', 'object', o);
+END
+$$
 """
 _DOC = "CASE WHEN kind = 'event' THEN journal_doc(body) END"
 _INDEXES = {

@@ -130,4 +130,4 @@ async def test_the_journals_doc_function_is_the_models(engine: AsyncEngine) -> N
         modelled = await conn.scalar(text(definition), {"f": "pg_temp.journal_doc(json)"})
     assert migrated is not None and modelled is not None
     body = migrated.partition("\n")[2]
-    assert "jsonb_each" in body and body == modelled.partition("\n")[2]
+    assert "FOREACH name" in body and body == modelled.partition("\n")[2]
