@@ -4,9 +4,9 @@ folds read.
 A full event was held three times: the journal's `body` (the evidence, as received), the
 journal's `doc` (all of it parsed, for rebuilds and histories) and `events.detail` (parsed
 again, for `/events`, the feed and push). Now `/events`, the feed and push read the journal's
-body, and `doc` keeps `type`, `created_at` and the object fields the folds read of an event of
-its type (`journal_doc`, which service/store/tables.py defines too: a test checks the two agree). A
-transfer's and an orchestration's events are found by `events.object_id` (the full event's
+body, and `doc` keeps `type`, `created_at` and the values of the object fields the folds read
+of an event of its type, as a JSON array (`journal_doc`, which service/store/tables.py defines
+too: a test checks the two agree). A transfer's and an orchestration's events are found by `events.object_id` (the full event's
 `object.id`), which replaces the indexes over `detail`.
 
 Both tables are rewritten under an exclusive lock, once each (writers wait meanwhile: see the
@@ -36,11 +36,26 @@ DECLARE
     d jsonb := CAST(replace(CAST(body AS text), '\u0000', '\ufffd') AS jsonb);
     t text := d ->> 'type';
     o jsonb := d -> 'object';
+    doc jsonb := jsonb_build_array(d -> 'type', d -> 'created_at');
+    layout text[] := '{}';
     names text[] := '{}';
-    kept jsonb := '{}';
     name text;
 BEGIN
     IF jsonb_typeof(o) = 'object' THEN
+        IF starts_with(t, 'identity.') THEN
+            layout := ARRAY['identity_id', 'new_summary_status', 'required_documents',
+                            'last_kyc_refresh_date', 'next_kyc_refresh_date',
+                            'control_id', 'control_type', 'set_by', 'is_overridable',
+                            'reason_code'];
+        END IF;
+        IF starts_with(t, 'transfer.') THEN
+            layout := ARRAY['id', 'type', 'status', 'profile_id', 'ref_id',
+                            'crypto_network', 'crypto_tx_hash', 'crypto_tx_index',
+                            'memo'];
+        END IF;
+        IF starts_with(t, 'orchestration.') THEN
+            layout := ARRAY['id', 'status', 'ref_id', 'orchestration_rule_id'];
+        END IF;
         IF starts_with(t, 'identity.') THEN
             names := names || ARRAY['identity_id', 'new_summary_status'];
         END IF;
@@ -66,14 +81,14 @@ BEGIN
         IF starts_with(t, 'orchestration.') THEN
             names := names || ARRAY['id', 'status', 'ref_id', 'orchestration_rule_id'];
         END IF;
-        FOREACH name IN ARRAY names LOOP
-            IF o ? name THEN
-                kept := kept || jsonb_build_object(name, o -> name);
-            END IF;
+        FOREACH name IN ARRAY layout LOOP
+            doc := doc || jsonb_build_array(CASE WHEN name = ANY (names) THEN o -> name END);
         END LOOP;
-        o := kept;
+        WHILE jsonb_array_length(doc) > 2 AND doc -> -1 = 'null' LOOP
+            doc := doc - (-1);
+        END LOOP;
     END IF;
-    RETURN jsonb_build_object('type', d -> 'type', 'created_at', d -> 'created_at', 'object', o);
+    RETURN doc;
 END
 $$
 """

@@ -34,6 +34,7 @@ from sqlalchemy import TextClause, text
 
 from service.domain import orchestration, transfer
 from service.domain.event import FIELD_RANGES
+from service.domain.history import DOC_VALUES, LAYOUTS
 from service.domain.identity import (
     CONTROL_CREATED,
     CONTROL_DELETED,
@@ -108,14 +109,14 @@ _EXTRACT = """
                     FROM (
                         -- As text: only a JSON string's text can pass the checks. Bytes from
                         -- 0 to 19 and the last six can be read (at least 20 of them).
-                        SELECT q.type, q.b -> 'object' AS obj, q.created_at, q.t,
+                        SELECT q.type, q.b AS obj, q.created_at, q.t,
                                octet_length(q.t) AS n
                         FROM (
                             SELECT q.type, q.b, q.created_at,
                                    convert_to(q.created_at, 'UTF8') AS t
                             FROM (
-                                SELECT j.doc AS b, j.doc ->> 'type' AS type,
-                                       j.doc ->> 'created_at' AS created_at
+                                SELECT j.doc AS b, j.doc ->> 0 AS type,
+                                       j.doc ->> 1 AS created_at
                                 OFFSET 0
                             ) q
                             WHERE q.type LIKE '{prefix}%'
@@ -250,9 +251,16 @@ SELECT (SELECT count(*) FROM raw) AS read, (SELECT count(*) FROM ev) AS applied
 _NEWEST = "ORDER BY {by}, ns DESC, event_id DESC"
 
 
-def _string(field: str, obj: str = "p.obj") -> str:
+def _value(prefix: str, field: str) -> str:
+    """An object field's JSON value in the doc (`p.obj`, the journal's `doc`: an array laid out
+    as `history.LAYOUTS[prefix]` says), or NULL."""
+    return f"p.obj -> {DOC_VALUES + LAYOUTS[prefix].index(field)}"
+
+
+def _string(prefix: str, field: str) -> str:
     """A string field of the object, or NULL (as `ProjectedEvent.text`)."""
-    return f"CASE WHEN jsonb_typeof({obj} -> '{field}') = 'string' THEN {obj} ->> '{field}' END"
+    value = _value(prefix, field)
+    return f"CASE WHEN jsonb_typeof({value}) = 'string' THEN {value.replace('->', '->>')} END"
 
 
 def _newer(ns: str, event_id: str) -> str:
@@ -279,20 +287,21 @@ _KYC = "p.type LIKE '" + KYC_PREFIX.replace("_", "\\_") + "%'"
 # What the identities fold needs of each event, extracted once. Fields only one kind of event
 # uses are extracted for that kind only; `documents` is the raw value, cleaned for the one
 # event per identity that wins (see `newest`).
+_OVERRIDABLE = _value(PREFIX, "is_overridable")
 _IDENTITY_FACTS = {
-    "identity_id": _string("identity_id"),
-    "status": _string("new_summary_status"),
+    "identity_id": _string(PREFIX, "identity_id"),
+    "status": _string(PREFIX, "new_summary_status"),
     "documents": f"CASE WHEN p.type = '{DOCUMENTS_REQUIRED}' "
-    "THEN p.obj -> 'required_documents' END",
+    f"THEN {_value(PREFIX, 'required_documents')} END",
     "kyc_state": f"CASE WHEN {_KYC} THEN substr(p.type, {len(KYC_PREFIX) + 1}) END",
-    "kyc_last": f"CASE WHEN {_KYC} THEN {_string('last_kyc_refresh_date')} END",
-    "kyc_next": f"CASE WHEN {_KYC} THEN {_string('next_kyc_refresh_date')} END",
-    "control_id": f"CASE WHEN {_CONTROL} THEN {_string('control_id')} END",
-    "control_type": f"CASE WHEN {_CONTROL} THEN {_string('control_type')} END",
-    "set_by": f"CASE WHEN {_CONTROL} THEN {_string('set_by')} END",
-    "is_overridable": f"CASE WHEN {_CONTROL} AND jsonb_typeof(p.obj -> 'is_overridable') = "
-    "'boolean' THEN CAST(p.obj ->> 'is_overridable' AS boolean) END",
-    "reason_code": f"CASE WHEN {_CONTROL} THEN {_string('reason_code')} END",
+    "kyc_last": f"CASE WHEN {_KYC} THEN {_string(PREFIX, 'last_kyc_refresh_date')} END",
+    "kyc_next": f"CASE WHEN {_KYC} THEN {_string(PREFIX, 'next_kyc_refresh_date')} END",
+    "control_id": f"CASE WHEN {_CONTROL} THEN {_string(PREFIX, 'control_id')} END",
+    "control_type": f"CASE WHEN {_CONTROL} THEN {_string(PREFIX, 'control_type')} END",
+    "set_by": f"CASE WHEN {_CONTROL} THEN {_string(PREFIX, 'set_by')} END",
+    "is_overridable": f"CASE WHEN {_CONTROL} AND jsonb_typeof({_OVERRIDABLE}) = 'boolean' "
+    f"THEN CAST({_OVERRIDABLE.replace('->', '->>')} AS boolean) END",
+    "reason_code": f"CASE WHEN {_CONTROL} THEN {_string(PREFIX, 'reason_code')} END",
 }
 
 
@@ -439,7 +448,10 @@ def _spec(name: str) -> _Spec:
         return _Spec(PREFIX, "identity_id", _IDENTITY_FACTS)
     _, prefix, fields = _LATEST[name]
     # Object fields are prefixed: the transfer's own `type` is not the event's.
-    facts = {"subject_id": _string("id"), **{f"o_{f}": _string(f) for f in fields}}
+    facts = {
+        "subject_id": _string(prefix, "id"),
+        **{f"o_{f}": _string(prefix, f) for f in fields},
+    }
     return _Spec(prefix, "subject_id", facts)
 
 

@@ -62,18 +62,6 @@ def _statement(kind: str) -> str:
 STATEMENTS = {kind: _statement(kind) for kind in history.KINDS}
 
 
-class _Doc(msgspec.Struct):
-    """The parts of a full event the folds read; anything may be of any type (a field that
-    is not what the projections expect leaves the event out, as it does the projections)."""
-
-    type: Any = None
-    created_at: Any = None
-    object: Any = None
-
-
-_DOC = msgspec.json.Decoder(_Doc)
-
-
 def ns_of(moment: datetime) -> int:
     """Nanoseconds since the epoch of an aware datetime (exact: microseconds * 1000)."""
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
@@ -92,20 +80,14 @@ async def recorded_events(
     driver: Any = raw.driver_connection
     out = []
     for event_id, doc, recorded_at, via in await driver.fetch(STATEMENTS[kind], subject_id):
-        try:
-            parsed = _DOC.decode(doc)
-        except msgspec.ValidationError:  # not an object: no event the projections read
-            continue
-        if isinstance(parsed.type, str) and isinstance(parsed.created_at, str):
+        # Anything may be of any type: a field that is not what the projections expect
+        # leaves the event out, as it does the projections.
+        type_, created_at, obj = history.unpack(msgspec.json.decode(doc))
+        if isinstance(type_, str) and isinstance(created_at, str):
             # asyncpg's UUID is a subclass: the plain one, as everywhere else.
             out.append(
                 history.Recorded.parsed(
-                    uuid.UUID(bytes=event_id.bytes),
-                    parsed.type,
-                    parsed.created_at,
-                    parsed.object,
-                    recorded_at,
-                    via,
+                    uuid.UUID(bytes=event_id.bytes), type_, created_at, obj, recorded_at, via
                 )
             )
     return out
