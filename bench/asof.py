@@ -115,7 +115,8 @@ WITH g AS (
     SELECT eid, type, 'com.paxos', t, 'event', false, false, 'fetched',
            CASE WHEN i % 20 = 0 THEN 'list_events' ELSE 'webhook' END,
            CASE WHEN i % 20 = 0 THEN 0 ELSE 1 END, t, t, t, ident, split_part(type, '.', 1), 0,
-           b -> 'object' ->> 'id'
+           CASE WHEN type LIKE 'transfer.%' OR type LIKE 'orchestration.%'
+                THEN b -> 'object' ->> 'id' END
     FROM body
 )
 INSERT INTO journal (event_id, kind, body)

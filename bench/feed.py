@@ -97,7 +97,9 @@ WITH g AS (
                         via, deliveries, first_received_at, last_received_at, fetched_at,
                         identity_id, object_type, undelivered_webhooks, object_id)
     SELECT eid, type, 'com.paxos', t, 'event', i % 50 = 0, i % 50 = 0, 'fetched', 'webhook', 1,
-           t, t, t, 'idt-' || (i % 100000), split_part(type, '.', 1), 0, b -> 'object' ->> 'id'
+           t, t, t, 'idt-' || (i % 100000), split_part(type, '.', 1), 0,
+           CASE WHEN type LIKE 'transfer.%' OR type LIKE 'orchestration.%'
+                THEN b -> 'object' ->> 'id' END
     FROM body
 )
 INSERT INTO journal (event_id, kind, body)

@@ -183,7 +183,8 @@ def load_statement(has_detail: bool, has_object_id: bool = False) -> str:
     `events.object_id` (since) filled where the schema has it."""
     columns = ", detail" * has_detail + ", object_id" * has_object_id
     values = ",\n           CASE WHEN status = 'fetched' THEN b::jsonb END" * has_detail + (
-        ",\n           CASE WHEN status = 'fetched' THEN b -> 'object' ->> 'id' END" * has_object_id
+        ",\n           CASE WHEN status = 'fetched' AND (type LIKE 'transfer.%' OR type LIKE "
+        "'orchestration.%') THEN b -> 'object' ->> 'id' END" * has_object_id
     )
     return _LOAD.replace("{detail_column}", columns).replace("{detail_value}", values)
 

@@ -172,7 +172,8 @@ WITH e AS MATERIALIZED (
              WHEN type LIKE 'transfer.%' THEN 'transfer_status_change'
              WHEN type LIKE 'orchestration.%' THEN 'orchestration_status_change' END,
         CASE WHEN status = 'fetched' THEN 0 END,
-        CASE WHEN status = 'fetched' THEN object_id END
+        CASE WHEN status = 'fetched' AND (type LIKE 'transfer.%' OR type LIKE 'orchestration.%')
+             THEN object_id END
     FROM e
     ORDER BY time
 )

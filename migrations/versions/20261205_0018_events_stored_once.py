@@ -7,7 +7,7 @@ again, for `/events`, the feed and push). Now `/events`, the feed and push read 
 body, and `doc` keeps `type`, `created_at` and the values of the object fields the folds read
 of an event of its type, as a JSON array (`journal_doc`, which service/store/tables.py defines
 too: a test checks the two agree). A transfer's and an orchestration's events are found by `events.object_id` (the full event's
-`object.id`), which replaces the indexes over `detail`.
+`object.id`, for their events only), which replaces the indexes over `detail`.
 
 Both tables are rewritten under an exclusive lock, once each (writers wait meanwhile: see the
 README's "Deploying" for the time per million events). Downgrading fills `detail` back from
@@ -110,8 +110,9 @@ def upgrade() -> None:
     # indexes with it).
     op.execute("ALTER TABLE events ADD COLUMN object_id text")
     op.execute(
-        "ALTER TABLE events ALTER COLUMN object_id TYPE text "
-        "USING (detail -> 'object' ->> 'id'), DROP COLUMN detail"
+        "ALTER TABLE events ALTER COLUMN object_id TYPE text USING ("
+        "CASE WHEN starts_with(type, 'transfer.') OR starts_with(type, 'orchestration.') "
+        "THEN detail -> 'object' ->> 'id' END), DROP COLUMN detail"
     )
     for name, prefix in _INDEXES.items():
         op.execute(

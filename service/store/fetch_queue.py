@@ -134,7 +134,7 @@ _OUTCOMES = text(
         CAST(:final_ids AS uuid[]), CAST(:statuses AS text[]), CAST(:final_errors AS text[])
     ) AS i(event_id, status, error)
     WHERE e.event_id = i.event_id AND e.status = 'pending'
-    """.replace("{object_id}", object_id_of("i.raw"))
+    """.replace("{object_id}", object_id_of("i.raw", "e.type"))
     .replace("{confirmation}", TEST_CONFIRMATION)
     .replace("{confirmed_by_get_event}", confirmation_body("get_event"))
 )

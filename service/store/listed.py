@@ -84,7 +84,7 @@ _RECORD = text(
         ON CONFLICT (event_id, kind) DO NOTHING
     )
     SELECT event_id, inserted FROM upserted
-    """.replace("{object_id}", object_id_of("raw"))
+    """.replace("{object_id}", object_id_of("raw", "type"))
     .replace("{confirmation}", TEST_CONFIRMATION)
     .replace("{confirmed_by_listing}", confirmation_body("list_events"))
 )

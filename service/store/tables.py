@@ -82,9 +82,13 @@ def as_jsonb(json_text: str) -> str:
     return f"CAST(replace(CAST({json_text} AS text), '\\u0000', '\\ufffd') AS jsonb)"
 
 
-def object_id_of(json_text: str) -> str:
-    """SQL for a full event's `object.id` (`events.object_id`) from its JSON text."""
-    return f"({as_jsonb(json_text)} -> 'object' ->> 'id')"
+def object_id_of(json_text: str, event_type: str) -> str:
+    """SQL for `events.object_id` from a full event's JSON text and its type (SQL): its
+    object's `id` for the events found by it (a transfer's, an orchestration's), else NULL."""
+    found_by_it = (
+        f"starts_with({event_type}, 'transfer.') OR starts_with({event_type}, 'orchestration.')"
+    )
+    return f"CASE WHEN {found_by_it} THEN {as_jsonb(json_text)} -> 'object' ->> 'id' END"
 
 
 # What the journal keeps parsed of a full event (its `doc`): what the folds read of it, as
@@ -228,8 +232,9 @@ events = Table(
     Column("identity_id", Text, nullable=True),
     Column("object_type", Text, nullable=True),
     Column("undelivered_webhooks", Integer, nullable=True),
-    # The full event's `object.id` (a transfer's, an orchestration's, ...): what their events
-    # are found by. The full event itself is the journal's (EVENT_DETAIL).
+    # A transfer's or an orchestration's event: the full event's `object.id`, what their
+    # events are found by (NULL for other events). The full event is the journal's
+    # (EVENT_DETAIL).
     Column("object_id", Text, nullable=True),
     # Every webhook receipt time (the audit export's evidence of "when Paxos told us"),
     # appended by the intake in the statement that bumps `deliveries`: the first

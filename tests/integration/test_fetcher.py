@@ -53,6 +53,8 @@ async def test_every_notification_becomes_the_full_event(
         row = stored[sim.id]
         assert row["status"] == "fetched"
         assert row["detail"] == sim.event_body()
+        found_by_id = sim.type.startswith(("transfer.", "orchestration."))
+        assert row["object_id"] == (sim.object["id"] if found_by_id else None)
         assert row["object_type"] == sim.object_type
         assert row["undelivered_webhooks"] == sim.undelivered_webhooks
         assert row["identity_id"] == sim.object.get("identity_id")

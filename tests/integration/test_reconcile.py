@@ -99,6 +99,8 @@ async def test_a_pass_leaves_the_store_holding_exactly_paxoss_events(
     for e in sim.universe:
         row = rows[e.id]
         assert row["status"] == "fetched" and row["detail"] == e.event_body()
+        found_by_id = e.type.startswith(("transfer.", "orchestration."))
+        assert row["object_id"] == (e.object["id"] if found_by_id else None)
         assert row["is_test"] == e.is_test
         assert row["via"] == ("list_events" if e in dropped else "webhook")
         assert row["deliveries"] == (0 if e in dropped else 1)

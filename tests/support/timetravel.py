@@ -18,10 +18,11 @@ from service.domain.event import ProjectedEvent, time_ns
 from service.domain.paxos_event import Fetched, PaxosEvent, identity_id_of
 from service.store.tables import confirmation_body, object_id_of
 
+_OBJECT_ID = object_id_of("CAST(:raw AS text)", "CAST(:type AS text)")
 _EVENTS = text(
     "INSERT INTO events (event_id, type, source, time, object, is_test, confirmed_is_test, "
     "status, via, identity_id, object_id) VALUES (:id, :type, 'com.paxos', now(), 'event', "
-    f":is_test, :is_test, 'fetched', :via, :identity_id, {object_id_of('CAST(:raw AS text)')}) "
+    f":is_test, :is_test, 'fetched', :via, :identity_id, {_OBJECT_ID}) "
     "ON CONFLICT (event_id) DO NOTHING"
 )
 _JOURNAL = text(
