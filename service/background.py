@@ -175,3 +175,5 @@ async def running_background(
         yield Background(client, fetcher, jobs, projector)
     finally:
         await stop_tasks(tasks)
+        if client is not None:
+            await client.close()

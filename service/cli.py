@@ -402,7 +402,10 @@ def _backfill_window(
                         what=f"{c.found} found, {c.missing} missing, {c.known} known",
                     )
 
-                await run_pass(engine, client, state, progress=report)
+                try:
+                    await run_pass(engine, client, state, progress=report)
+                finally:
+                    await client.close()
             return state
 
     state = run_with_engine(url, backfill_window, pool_size=2)

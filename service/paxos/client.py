@@ -171,6 +171,8 @@ class _Token:
 TOKEN_FAILURE_LOG_S = 60.0
 # A process records its latest successful Get Event at most this often.
 GET_EVENT_RECORD_S = 5.0
+# How long a shutdown waits for the connection-state writes under way.
+CLOSE_WAIT_S = 2.0
 
 
 class ConnectionReporter:
@@ -211,6 +213,17 @@ class ConnectionReporter:
             return
         self._get_event_recorded_at = now
         self._write(record_get_event)
+
+    async def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Let the writes under way finish, for up to `timeout_s`, then cancel the rest: none
+        outlives the process's shutdown (or the engine it writes with)."""
+        if not self._writes:
+            return
+        _, late = await asyncio.wait(set(self._writes), timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
     def _write(self, statement: Any) -> None:
         # In order: each write waits for the one before it (a token that failed and then
@@ -333,6 +346,12 @@ class PaxosClient:
         # permit first, a call could wait in the HTTP pool after its slot and leave late,
         # next to the calls that follow it on time: more calls in one second than the limit.
         self._connections = asyncio.Semaphore(connections)
+
+    async def close(self) -> None:
+        """Finish (or cancel) what the client still writes about its calls. The HTTP client is
+        the caller's, and stays open."""
+        if self._reporter is not None:
+            await self._reporter.close()
 
     async def get_event(self, event_id: uuid.UUID | str, *, is_test: bool = False) -> Fetched:
         """Get Event: the full event with `event_id`."""

@@ -10,14 +10,17 @@ import contextlib
 import io
 import json
 import re
+import time
 from datetime import datetime
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.app import create_app
+from service.paxos.client import ConnectionReporter
 from service.settings import Settings
-from service.store.paxos_connection import record_get_event, record_token
+from service.store.paxos_connection import read_connection, record_get_event, record_token
 from tests.support.asgi import running
 from tests.support.fetching import Paxos, deliver, new_fetcher, paxos_settings, settle
 from tests.support.tokens import READ_TOKEN
@@ -113,3 +116,27 @@ async def test_the_pipeline_page_shows_the_paxos_connection(
         last = re.search(r'<dd id="paxos-last-get">(.*?)</dd>', page.text)
         assert token is not None and token.group(1).startswith("ok")
         assert last is not None and "<time" in last.group(1)
+
+
+async def test_closing_lets_writes_finish_and_cancels_one_that_hangs(engine: AsyncEngine) -> None:
+    """A shutdown neither loses the connection state written just before it nor waits on a
+    write that hangs (a database that stopped answering): each is awaited for a bound time,
+    then cancelled, so no write outlives the engine it uses."""
+    reporter = ConnectionReporter(engine)
+    await reporter.token(False, "invalid_client")
+    await reporter.close()
+    async with engine.connect() as conn:
+        assert (await read_connection(conn)).token_error == "invalid_client"
+
+    hung = asyncio.Event()
+
+    async def hang(conn: AsyncConnection) -> None:
+        hung.set()
+        await conn.execute(text("SELECT pg_sleep(30)"))
+
+    reporter._write(hang)  # noqa: SLF001 - a write that never ends, as no public call makes
+    await hung.wait()
+    started = time.monotonic()
+    await reporter.close(timeout_s=0.2)
+    assert time.monotonic() - started < 5
+    assert not reporter._writes  # noqa: SLF001 - every write is over
