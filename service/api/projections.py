@@ -6,6 +6,7 @@ they were issued for), `limit` 1 to 1000, and a 400 problem naming any bad param
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -201,6 +202,27 @@ async def state_at(
     )
 
 
+async def subject_state(
+    engine: AsyncEngine,
+    kind: str,
+    noun: str,
+    subject_id: str,
+    params: MultiDict[Any],
+    current: Callable[[AsyncConnection, str], Awaitable[dict[str, Any] | None]],
+) -> dict[str, Any]:
+    """The subject's row: `current` (its projection's), or folded under `as_of`/`known_at`
+    when given; 404 when there is none."""
+    bounds = parse_bounds(params)
+    async with engine.connect() as conn:
+        if bounds is None:
+            row = await current(conn, subject_id)
+        else:
+            row = await state_at(conn, kind, subject_id, bounds)
+    if row is None:
+        raise _not_found(noun, subject_id, bounds)
+    return row
+
+
 def _not_found(noun: str, subject_id: str, bounds: Bounds | None) -> NotFoundException:
     if bounds is None:
         return NotFoundException(f"no {noun} with id {subject_id}")
@@ -364,14 +386,10 @@ class IdentityController(Controller):
         reader: NamedDependency[AsyncEngine],
         identity_id: FromPath[str],
     ) -> Identity:
-        bounds = parse_bounds(request.query_params)
-        async with reader.connect() as conn:
-            if bounds is None:
-                row = await read.get_identity(conn, identity_id)
-            else:
-                row = await state_at(conn, "identities", identity_id, bounds)
-        if row is None:
-            raise _not_found("identity", identity_id, bounds)
+        params = request.query_params
+        row = await subject_state(
+            reader, "identities", "identity", identity_id, params, read.get_identity
+        )
         return identity_view(row)
 
     @get(
@@ -445,14 +463,10 @@ class TransferController(Controller):
         reader: NamedDependency[AsyncEngine],
         transfer_id: FromPath[str],
     ) -> Transfer:
-        bounds = parse_bounds(request.query_params)
-        async with reader.connect() as conn:
-            if bounds is None:
-                row = await read.get_transfer(conn, transfer_id)
-            else:
-                row = await state_at(conn, "transfers", transfer_id, bounds)
-        if row is None:
-            raise _not_found("transfer", transfer_id, bounds)
+        params = request.query_params
+        row = await subject_state(
+            reader, "transfers", "transfer", transfer_id, params, read.get_transfer
+        )
         return Transfer(**row)
 
     @get(
@@ -494,14 +508,15 @@ class OrchestrationController(Controller):
         reader: NamedDependency[AsyncEngine],
         orchestration_id: FromPath[str],
     ) -> Orchestration:
-        bounds = parse_bounds(request.query_params)
-        async with reader.connect() as conn:
-            if bounds is None:
-                row = await read.get_orchestration(conn, orchestration_id)
-            else:
-                row = await state_at(conn, "orchestrations", orchestration_id, bounds)
-        if row is None:
-            raise _not_found("orchestration", orchestration_id, bounds)
+        params = request.query_params
+        row = await subject_state(
+            reader,
+            "orchestrations",
+            "orchestration",
+            orchestration_id,
+            params,
+            read.get_orchestration,
+        )
         return Orchestration(**row)
 
     @get(
