@@ -1,6 +1,6 @@
 """Growth benchmark: the same measurements at 1,000,000 and at 10,000,000 events, and bytes.
 
-    .venv/bin/python -m bench.growth                  # hours on 2 cores, ~50 GB of disk
+    .venv/bin/python -m bench.growth                  # ~30 min on 2 quiet cores, ~30 GB
     .venv/bin/python -m bench.growth --small 100000 --large 200000 --runs 20   # a quick try
     .venv/bin/python -m bench.growth --keep           # keep the database (bench_growth)
     .venv/bin/python -m bench.growth --keep --resume --large 3000000   # grow what --keep left
@@ -34,13 +34,14 @@ at 1M; memory flat (export peak RSS and the server's RSS at 10M <= 1.2x at 1M). 
 is printed with the 1-minute load average when it was taken (the machine is shared). Results
 go to stdout and bench/results/growth.json. The database is the embedded server under
 .data/bench unless BENCH_DATABASE_URL names another; `bench_growth` is dropped at the end
-unless `--keep`. Check `df -h` first: 10,000,000 events take about 45 GB (4,428 bytes each,
-measured at 1,000,000), and load at 1,000-2,300 events/s on 2 busy cores (hours). A run
-stopped while it grows (`--keep`) is continued by `--resume`, which measures at `--large`
-what the first run measured at `--small`, and anything it had not measured there yet. On a
-shared machine the load differs from one size's measurement to the other's: `--alternate N`
-runs the query cases, the rebuild and the export on a database of `--small` events and on
-the kept one in turns, N rounds (bench/results/growth-alternating.json).
+unless `--keep`. Check `df -h` first: 10,000,000 events take about 26 GB (2,604 bytes each
+since migration 0018), and load at about 7,700-10,000 events/s on 2 quiet cores (2026-12-05:
+20 minutes; hours beside other work). A run stopped while it grows (`--keep`) is continued
+by `--resume`, which measures at `--large` what the first run measured at `--small`, and
+anything it had not measured there yet. On a shared machine the load differs from one size's
+measurement to the other's: `--alternate N` runs the query cases, the rebuild and the export
+on a database of `--small` events and on the kept one in turns, N rounds
+(bench/results/growth-alternating.json).
 """
 
 from __future__ import annotations
