@@ -245,6 +245,7 @@ def listed(n: int) -> Listed:
         identity_id=f"idt-{n}",
         object_type="identity",
         undelivered_webhooks=0,
+        object_id=None,
     )
 
 

@@ -111,7 +111,8 @@ def upgrade() -> None:
     op.execute("ALTER TABLE events ADD COLUMN object_id text")
     op.execute(
         "ALTER TABLE events ALTER COLUMN object_id TYPE text USING ("
-        "CASE WHEN starts_with(type, 'transfer.') OR starts_with(type, 'orchestration.') "
+        "CASE WHEN (starts_with(type, 'transfer.') OR starts_with(type, 'orchestration.')) "
+        "AND jsonb_typeof(detail -> 'object' -> 'id') = 'string' "
         "THEN detail -> 'object' ->> 'id' END), DROP COLUMN detail"
     )
     for name, prefix in _INDEXES.items():

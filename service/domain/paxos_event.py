@@ -29,6 +29,19 @@ class Fetched:
     raw: str
 
 
+# The event types whose events are found by their object's id (`events.object_id`).
+FOUND_BY_OBJECT_ID = ("transfer.", "orchestration.")
+
+
+def object_id_of(event_type: str, obj: Any) -> str | None:
+    """What a transfer's or an orchestration's events are found by: its object's `id`
+    (a string); None for other events."""
+    if not event_type.startswith(FOUND_BY_OBJECT_ID) or not isinstance(obj, dict):
+        return None
+    value = obj.get("id")
+    return value if isinstance(value, str) else None
+
+
 def identity_id_of(fetched: Fetched) -> str | None:
     """The identity an event is about, when its object names one."""
     obj = fetched.event.object or {}

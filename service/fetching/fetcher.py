@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.db.batching import CommitFailed, GroupWriter
 from service.db.notify import FETCHED_CHANNEL, Waker
 from service.db.outages import STORE_ERRORS, Outage
-from service.domain.paxos_event import Fetched, identity_id_of
+from service.domain.paxos_event import Fetched, identity_id_of, object_id_of
 from service.paxos.client import (
     PaxosBadRequest,
     PaxosClient,
@@ -246,6 +246,7 @@ class Fetcher:
                     fetched.event.object_type,
                     fetched.event.undelivered_webhooks,
                     is_test,
+                    object_id_of(fetched.event.type, fetched.event.object),
                 )
                 metrics.FETCHES.labels(outcome="fetched").inc()
         metrics.FETCH_SECONDS.observe(time.perf_counter() - started)

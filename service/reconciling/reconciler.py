@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db.sessions import SessionLost, under_session_lock
-from service.domain.paxos_event import Fetched, identity_id_of
+from service.domain.paxos_event import Fetched, identity_id_of, object_id_of
 from service.paxos.client import ListFilter, PaxosClient
 from service.store.jobs import Job
 from service.store.listed import Listed, record_listed
@@ -72,6 +72,7 @@ def to_listed(fetched: Fetched, is_test: bool) -> Listed:
         identity_id=identity_id_of(fetched),
         object_type=event.object_type,
         undelivered_webhooks=event.undelivered_webhooks,
+        object_id=object_id_of(event.type, event.object),
     )
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db.notify import PENDING_CHANNEL
-from service.store.tables import TEST_CONFIRMATION, confirmation_body, object_id_of
+from service.store.tables import TEST_CONFIRMATION, confirmation_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,7 @@ class FetchedOutcome:
     object_type: str | None
     undelivered_webhooks: int | None
     is_test: bool  # what Paxos said: Get Event answered with this `is_test`
+    object_id: str | None  # paxos_event.object_id_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +89,9 @@ _OUTCOMES = text(
     WITH fetched_in AS (
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:raws AS text[]), CAST(:identity_ids AS text[]),
-            CAST(:object_types AS text[]), CAST(:undelivered AS int[]), CAST(:is_tests AS bool[])
-        ) AS t(event_id, raw, identity_id, object_type, undelivered_webhooks, is_test)
+            CAST(:object_types AS text[]), CAST(:undelivered AS int[]), CAST(:is_tests AS bool[]),
+            CAST(:object_ids AS text[])
+        ) AS t(event_id, raw, identity_id, object_type, undelivered_webhooks, is_test, object_id)
     ),
     appended AS (
         INSERT INTO journal (event_id, kind, body)
@@ -104,7 +106,7 @@ _OUTCOMES = text(
         UPDATE events e SET
             status = 'fetched',
             confirmed_is_test = coalesce(e.confirmed_is_test, i.is_test),
-            object_id = {object_id},
+            object_id = i.object_id,
             identity_id = i.identity_id,
             object_type = i.object_type,
             undelivered_webhooks = i.undelivered_webhooks,
@@ -134,9 +136,9 @@ _OUTCOMES = text(
         CAST(:final_ids AS uuid[]), CAST(:statuses AS text[]), CAST(:final_errors AS text[])
     ) AS i(event_id, status, error)
     WHERE e.event_id = i.event_id AND e.status = 'pending'
-    """.replace("{object_id}", object_id_of("i.raw", "e.type"))
-    .replace("{confirmation}", TEST_CONFIRMATION)
-    .replace("{confirmed_by_get_event}", confirmation_body("get_event"))
+    """.replace("{confirmation}", TEST_CONFIRMATION).replace(
+        "{confirmed_by_get_event}", confirmation_body("get_event")
+    )
 )
 
 _MAKE_DUE = text(
@@ -175,6 +177,7 @@ async def record_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) ->
             "object_types": [o.object_type for o in fetched],
             "undelivered": [o.undelivered_webhooks for o in fetched],
             "is_tests": [o.is_test for o in fetched],
+            "object_ids": [o.object_id for o in fetched],
             "retry_ids": [o.event_id for o in retries],
             "delays": [o.delay_s for o in retries],
             "retry_errors": [o.error for o in retries],

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.store.tables import TEST_CONFIRMATION, confirmation_body, object_id_of
+from service.store.tables import TEST_CONFIRMATION, confirmation_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,7 @@ class Listed:
     identity_id: str | None
     object_type: str | None
     undelivered_webhooks: int | None
+    object_id: str | None  # paxos_event.object_id_of
 
 
 # One statement for a page of listed events:
@@ -45,8 +46,9 @@ _RECORD = text(
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:times AS timestamptz[]),
             CAST(:is_tests AS bool[]), CAST(:raws AS text[]), CAST(:identity_ids AS text[]),
-            CAST(:object_types AS text[]), CAST(:undelivered AS int[])
-        ) AS t(event_id, type, time, is_test, raw, identity_id, object_type, undelivered_webhooks)
+            CAST(:object_types AS text[]), CAST(:undelivered AS int[]), CAST(:object_ids AS text[])
+        ) AS t(event_id, type, time, is_test, raw, identity_id, object_type, undelivered_webhooks,
+               object_id)
     ),
     upserted AS (
         INSERT INTO events AS e (
@@ -56,7 +58,7 @@ _RECORD = text(
         )
         SELECT event_id, type, 'com.paxos', time, 'event', is_test, is_test, 'fetched',
                'list_events', 0, clock_timestamp(), identity_id, object_type,
-               undelivered_webhooks, {object_id}, NULL
+               undelivered_webhooks, object_id, NULL
         FROM input ORDER BY event_id
         ON CONFLICT (event_id) DO UPDATE SET
             status = 'fetched',
@@ -84,9 +86,9 @@ _RECORD = text(
         ON CONFLICT (event_id, kind) DO NOTHING
     )
     SELECT event_id, inserted FROM upserted
-    """.replace("{object_id}", object_id_of("raw", "type"))
-    .replace("{confirmation}", TEST_CONFIRMATION)
-    .replace("{confirmed_by_listing}", confirmation_body("list_events"))
+    """.replace("{confirmation}", TEST_CONFIRMATION).replace(
+        "{confirmed_by_listing}", confirmation_body("list_events")
+    )
 )
 
 
@@ -106,6 +108,7 @@ async def record_listed(conn: AsyncConnection, listed: Sequence[Listed]) -> set[
             "identity_ids": [r.identity_id for r in rows],
             "object_types": [r.object_type for r in rows],
             "undelivered": [r.undelivered_webhooks for r in rows],
+            "object_ids": [r.object_id for r in rows],
         },
     )
     return {row.event_id for row in result if row.inserted}

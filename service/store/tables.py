@@ -82,15 +82,6 @@ def as_jsonb(json_text: str) -> str:
     return f"CAST(replace(CAST({json_text} AS text), '\\u0000', '\\ufffd') AS jsonb)"
 
 
-def object_id_of(json_text: str, event_type: str) -> str:
-    """SQL for `events.object_id` from a full event's JSON text and its type (SQL): its
-    object's `id` for the events found by it (a transfer's, an orchestration's), else NULL."""
-    found_by_it = (
-        f"starts_with({event_type}, 'transfer.') OR starts_with({event_type}, 'orchestration.')"
-    )
-    return f"CASE WHEN {found_by_it} THEN {as_jsonb(json_text)} -> 'object' ->> 'id' END"
-
-
 # What the journal keeps parsed of a full event (its `doc`): what the folds read of it, as
 # `domain.history.LAYOUTS` says, computed by `journal_doc` (PL/pgSQL: an SQL function with a
 # subquery was planned and started anew for every row, 600 µs each; this one takes 11 µs,

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.event import time_ns
-from service.domain.paxos_event import Fetched, PaxosEvent, identity_id_of
+from service.domain.paxos_event import Fetched, PaxosEvent, identity_id_of, object_id_of
 from service.projections.runner import Projector
 from service.store.listed import Listed, record_listed
 from service.store.projections import history as store_history
@@ -75,6 +75,7 @@ def listed(body: dict[str, Any]) -> Listed:
         identity_id=identity_id_of(Fetched(msgspec.convert(body, PaxosEvent), raw)),
         object_type=body["object_type"],
         undelivered_webhooks=0,
+        object_id=object_id_of(body["type"], body["object"]),
     )
 
 

@@ -47,6 +47,7 @@ def _listed(event_id: uuid.UUID, created_at: str, *, is_test: bool) -> Listed:
         identity_id=None,
         object_type=None,
         undelivered_webhooks=None,
+        object_id=None,
     )
 
 

@@ -46,6 +46,7 @@ def listed(n: int) -> list[Listed]:
             identity_id=None,
             object_type=None,
             undelivered_webhooks=None,
+            object_id=None,
         )
         for i in range(n)
     ]

@@ -49,6 +49,7 @@ def full_event(
         identity_id=identity_id,
         object_type="identity",
         undelivered_webhooks=0,
+        object_id=None,
     )
 
 

@@ -15,14 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain import identity, latest, orchestration, transfer
 from service.domain.event import ProjectedEvent, time_ns
-from service.domain.paxos_event import Fetched, PaxosEvent, identity_id_of
-from service.store.tables import confirmation_body, object_id_of
+from service.domain.paxos_event import Fetched, PaxosEvent, identity_id_of, object_id_of
+from service.store.tables import confirmation_body
 
-_OBJECT_ID = object_id_of("CAST(:raw AS text)", "CAST(:type AS text)")
 _EVENTS = text(
     "INSERT INTO events (event_id, type, source, time, object, is_test, confirmed_is_test, "
     "status, via, identity_id, object_id) VALUES (:id, :type, 'com.paxos', now(), 'event', "
-    f":is_test, :is_test, 'fetched', :via, :identity_id, {_OBJECT_ID}) "
+    ":is_test, :is_test, 'fetched', :via, :identity_id, :object_id) "
     "ON CONFLICT (event_id) DO NOTHING"
 )
 _JOURNAL = text(
@@ -57,7 +56,7 @@ async def record(
                     "is_test": is_test,
                     "via": via,
                     "identity_id": identity_id_of(fetched),
-                    "raw": raw,
+                    "object_id": object_id_of(fetched.event.type, fetched.event.object),
                 },
             )
             rows = [("event", raw)]
