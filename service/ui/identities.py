@@ -15,19 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.domain.stored import Position
 from service.store.events import list_events
-from service.store.projections.history import state_as_of
 from service.store.projections.read import get_identity, list_identities
 from service.ui.errors import ConsoleError
 from service.ui.pages import PAGE_SIZE, page
 from service.ui.session import Session
-from service.ui.subjects import decode_key, read_form, timeline
+from service.ui.subjects import read_form, travel
 from service.web.cursor import encode_cursor
 from service.web.problems import InvalidParameter
 from service.web.query import parse_query
 
 SUMMARY_STATUSES = ("PENDING", "APPROVED", "DENIED", "DISABLED", "ERROR")
 LIST_FIELDS = ("summary_status", "control_type", "changed_since", "changed_until")
-AS_OF_FIELDS = ("as_of", "known_at")
 
 
 class IdentityPages(Controller):
@@ -81,7 +79,6 @@ class IdentityPages(Controller):
         identity_id: FromPath[str],
     ) -> Template:
         params = request.query_params
-        form = read_form(params, AS_OF_FIELDS, AS_OF_FIELDS)
         cursor = params.get("cursor")
         try:
             query = parse_query(
@@ -89,45 +86,29 @@ class IdentityPages(Controller):
             )
         except InvalidParameter as exc:
             raise ConsoleError(status_code=400, detail=exc.detail) from None
-        after = decode_key(params.get("after") or "")
-        as_of, known_at = form.times.get("as_of"), form.times.get("known_at")
-        travelling = as_of is not None or known_at is not None
+        base_url = f"/ui/identities/{identity_id}"
         async with reader.connect() as conn:
             identity = await get_identity(conn, identity_id)
             found = await list_events(conn, query.filters, limit=PAGE_SIZE, after=query.after)
-            then = (
-                await state_as_of(conn, "identities", identity_id, as_of=as_of, known_at=known_at)
-                if travelling
-                else None
-            )
-            history = await timeline(
-                conn,
-                "identities",
-                identity_id,
-                as_of=as_of,
-                known_at=known_at,
-                after=after,
-                base_url=f"/ui/identities/{identity_id}",
-                query=form.filled,
-            )
+            travelled = await travel(conn, "identities", identity_id, params, base_url)
         if identity is None and not found.items:
             raise ConsoleError(status_code=404, detail=f"No identity with id {identity_id}.")
         next_url = None
         if found.more:
             last = found.items[-1]
-            next_url = f"/ui/identities/{identity_id}?" + urlencode(
+            next_url = f"{base_url}?" + urlencode(
                 {"cursor": encode_cursor(Position(last.time, last.id), query.filters)}
             )
         return page(
             "identity.html",
             session,
-            status_code=400 if form.problems else 200,
+            status_code=400 if travelled.form.problems else 200,
             nav="identities",
             identity_id=identity_id,
-            identity=then if travelling else identity,
-            travelling=travelling,
-            form=form,
-            timeline=history,
+            identity=travelled.shown(identity),
+            travelling=travelled.travelling,
+            form=travelled.form,
+            timeline=travelled.timeline,
             items=found.items,
             next_url=next_url,
         )

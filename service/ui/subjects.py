@@ -19,6 +19,7 @@ from service.ui.timeline import describe
 from service.web.subscription_rules import parse_time
 
 TIMELINE_PAGE = 100
+AS_OF_FIELDS = ("as_of", "known_at")
 
 
 @dataclass
@@ -135,3 +136,43 @@ async def timeline(
     if page.next_key is not None:
         next_url = f"{base_url}?" + urlencode([*query, ("after", encode_key(page.next_key))])
     return Timeline(lines, next_url, True)
+
+
+@dataclass(frozen=True, slots=True)
+class Travel:
+    """A subject page's time travel: its "as of" form, the state asked for (None when no time
+    is given: the page shows the current state) and the timeline."""
+
+    form: Form
+    then: dict[str, Any] | None
+    timeline: Timeline
+
+    @property
+    def travelling(self) -> bool:
+        return self.form.times["as_of"] is not None or self.form.times["known_at"] is not None
+
+    def shown(self, current: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The state the page shows: the one asked for, else `current`."""
+        return self.then if self.travelling else current
+
+
+async def travel(
+    conn: AsyncConnection, kind: str, subject_id: str, params: MultiDict[Any], base_url: str
+) -> Travel:
+    """The "as of" form of a subject's page, read from `params`, and what it asks for."""
+    form = read_form(params, AS_OF_FIELDS, AS_OF_FIELDS)
+    as_of, known_at = form.times["as_of"], form.times["known_at"]
+    then = None
+    if as_of is not None or known_at is not None:
+        then = await time_travel.state_as_of(conn, kind, subject_id, as_of=as_of, known_at=known_at)
+    history = await timeline(
+        conn,
+        kind,
+        subject_id,
+        as_of=as_of,
+        known_at=known_at,
+        after=decode_key(params.get("after") or ""),
+        base_url=base_url,
+        query=form.filled,
+    )
+    return Travel(form, then, history)

@@ -13,13 +13,11 @@ from litestar.response import Template
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.store.console import transfer_events
-from service.store.projections.history import state_as_of
 from service.store.projections.read import get_transfer, list_transfers
 from service.ui.errors import ConsoleError
-from service.ui.identities import AS_OF_FIELDS
 from service.ui.pages import PAGE_SIZE, page
 from service.ui.session import Session
-from service.ui.subjects import decode_key, read_form, timeline
+from service.ui.subjects import read_form, travel
 
 TRANSFER_STATUSES = ("PENDING", "COMPLETED", "FAILED")
 LIST_FIELDS = ("status", "type", "profile_id", "changed_since", "changed_until")
@@ -78,39 +76,22 @@ class TransferPages(Controller):
         reader: NamedDependency[AsyncEngine],
         transfer_id: FromPath[str],
     ) -> Template:
-        params = request.query_params
-        form = read_form(params, AS_OF_FIELDS, AS_OF_FIELDS)
-        as_of, known_at = form.times.get("as_of"), form.times.get("known_at")
-        travelling = as_of is not None or known_at is not None
         async with reader.connect() as conn:
             transfer = await get_transfer(conn, transfer_id)
             if transfer is None:
                 raise ConsoleError(status_code=404, detail=f"No transfer with id {transfer_id}.")
             items = await transfer_events(conn, transfer_id)
-            then = (
-                await state_as_of(conn, "transfers", transfer_id, as_of=as_of, known_at=known_at)
-                if travelling
-                else None
-            )
-            history = await timeline(
-                conn,
-                "transfers",
-                transfer_id,
-                as_of=as_of,
-                known_at=known_at,
-                after=decode_key(params.get("after") or ""),
-                base_url=f"/ui/transfers/{transfer_id}",
-                query=form.filled,
-            )
+            base_url = f"/ui/transfers/{transfer_id}"
+            travelled = await travel(conn, "transfers", transfer_id, request.query_params, base_url)
         return page(
             "transfer.html",
             session,
-            status_code=400 if form.problems else 200,
+            status_code=400 if travelled.form.problems else 200,
             nav="transfers",
             transfer_id=transfer_id,
-            transfer=then if travelling else transfer,
-            travelling=travelling,
-            form=form,
-            timeline=history,
+            transfer=travelled.shown(transfer),
+            travelling=travelled.travelling,
+            form=travelled.form,
+            timeline=travelled.timeline,
             items=items,
         )
