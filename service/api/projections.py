@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -234,6 +234,9 @@ def _not_found(noun: str, subject_id: str, bounds: Bounds | None) -> NotFoundExc
     return NotFoundException(f"no event of {noun} {subject_id} qualifies ({', '.join(by)})")
 
 
+S = TypeVar("S")
+T = TypeVar("T")
+
 _HISTORY_CURSORS = CursorCodec(
     "history",
     Key,
@@ -268,9 +271,17 @@ def parse_history_query(kind: str, subject_id: str, params: MultiDict[Any]) -> H
 
 
 async def history_entries(
-    engine: AsyncEngine, kind: str, noun: str, subject_id: str, params: MultiDict[Any]
-) -> tuple[list[Entry], str | None]:
-    """A page of the subject's history and its `next_cursor`; 404 for an unknown subject."""
+    engine: AsyncEngine,
+    kind: str,
+    noun: str,
+    subject_id: str,
+    params: MultiDict[Any],
+    entry: Callable[[HistoryEvent, bool, list[HistoryChange], S], T],
+    view: Callable[[dict[str, Any]], S],
+) -> tuple[list[T], str | None]:
+    """A page of the subject's history as `entry`s (its event, whether it changed anything,
+    what it changed, the state after it as `view` shows it) and the `next_cursor`; 404 for
+    an unknown subject."""
     query = parse_history_query(kind, subject_id, params)
     async with engine.connect() as conn:
         page = await history.history_page(
@@ -280,7 +291,10 @@ async def history_entries(
         raise _not_found(noun, subject_id, None)
     bound = _history_bound_to(kind, subject_id, query.known_at)
     cursor = None if page.next_key is None else _HISTORY_CURSORS.encode(page.next_key, bound)
-    return page.entries, cursor
+    items = [
+        entry(history_event(e), e.changed, history_changes(e), view(e.state)) for e in page.entries
+    ]
+    return items, cursor
 
 
 def history_event(entry: Entry) -> HistoryEvent:
@@ -403,15 +417,15 @@ class IdentityController(Controller):
         reader: NamedDependency[AsyncEngine],
         identity_id: FromPath[str],
     ) -> IdentityHistory:
-        entries, cursor = await history_entries(
-            reader, "identities", "identity", identity_id, request.query_params
+        items, cursor = await history_entries(
+            reader,
+            "identities",
+            "identity",
+            identity_id,
+            request.query_params,
+            IdentityHistoryEntry,
+            identity_view,
         )
-        items = [
-            IdentityHistoryEntry(
-                history_event(e), e.changed, history_changes(e), identity_view(e.state)
-            )
-            for e in entries
-        ]
         return IdentityHistory(items, cursor)
 
     @get(
@@ -480,15 +494,15 @@ class TransferController(Controller):
         reader: NamedDependency[AsyncEngine],
         transfer_id: FromPath[str],
     ) -> TransferHistory:
-        entries, cursor = await history_entries(
-            reader, "transfers", "transfer", transfer_id, request.query_params
+        items, cursor = await history_entries(
+            reader,
+            "transfers",
+            "transfer",
+            transfer_id,
+            request.query_params,
+            TransferHistoryEntry,
+            lambda state: Transfer(**state),
         )
-        items = [
-            TransferHistoryEntry(
-                history_event(e), e.changed, history_changes(e), Transfer(**e.state)
-            )
-            for e in entries
-        ]
         return TransferHistory(items, cursor)
 
 
@@ -531,15 +545,15 @@ class OrchestrationController(Controller):
         reader: NamedDependency[AsyncEngine],
         orchestration_id: FromPath[str],
     ) -> OrchestrationHistory:
-        entries, cursor = await history_entries(
-            reader, "orchestrations", "orchestration", orchestration_id, request.query_params
+        items, cursor = await history_entries(
+            reader,
+            "orchestrations",
+            "orchestration",
+            orchestration_id,
+            request.query_params,
+            OrchestrationHistoryEntry,
+            lambda state: Orchestration(**state),
         )
-        items = [
-            OrchestrationHistoryEntry(
-                history_event(e), e.changed, history_changes(e), Orchestration(**e.state)
-            )
-            for e in entries
-        ]
         return OrchestrationHistory(items, cursor)
 
 
