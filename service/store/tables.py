@@ -96,13 +96,11 @@ def _array(names: tuple[str, ...], indent: int) -> str:
     return "ARRAY[" + ("\n" + " " * (indent + 6)).join(listed) + "]"
 
 
-def _when(pattern: str, variable: str, names: tuple[str, ...]) -> str:
-    value = f"{variable} || " if variable == "names" else ""
-    return (
-        f"        IF {_matches(pattern)} THEN\n"
-        f"            {variable} := {value}{_array(names, 12 + len(variable) + 4 + len(value))};\n"
-        "        END IF;"
-    )
+def _when(pattern: str, assignment: str, names: tuple[str, ...]) -> str:
+    """`assignment` (`layout := `, `names := names || `) of `names` when the type matches."""
+    lead = " " * 12 + assignment
+    then = f"{lead}{_array(names, len(lead))};"
+    return f"        IF {_matches(pattern)} THEN\n{then}\n        END IF;"
 
 
 JOURNAL_DOC_FUNCTION = (
@@ -121,9 +119,9 @@ DECLARE
 BEGIN
     IF jsonb_typeof(o) = 'object' THEN
 """
-    + "\n".join(_when(prefix, "layout", fields) for prefix, fields in LAYOUTS.items())
+    + "\n".join(_when(prefix, "layout := ", fields) for prefix, fields in LAYOUTS.items())
     + "\n"
-    + "\n".join(_when(pattern, "names", fields) for pattern, fields in FOLDED_FIELDS)
+    + "\n".join(_when(pattern, "names := names || ", fields) for pattern, fields in FOLDED_FIELDS)
     + """
         FOREACH name IN ARRAY layout LOOP
             doc := doc || jsonb_build_array(CASE WHEN name = ANY (names) THEN o -> name END);
