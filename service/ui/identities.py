@@ -11,21 +11,21 @@ from litestar.datastructures import MultiDict, State
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Template
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.domain.stored import Position
 from service.store.events import list_events
-from service.store.projections.read import get_identity, list_identities
+from service.store.projections.read import Page, get_identity, list_identities
 from service.ui.errors import ConsoleError
 from service.ui.pages import PAGE_SIZE, page
 from service.ui.session import Session
-from service.ui.subjects import read_form, travel
+from service.ui.subjects import CHANGED, Form, list_page, travel
 from service.web.cursor import encode_cursor
 from service.web.problems import InvalidParameter
 from service.web.query import parse_query
 
 SUMMARY_STATUSES = ("PENDING", "APPROVED", "DENIED", "DISABLED", "ERROR")
-LIST_FIELDS = ("summary_status", "control_type", "changed_since", "changed_until")
+LIST_FIELDS = ("summary_status", "control_type", *CHANGED)
 
 
 class IdentityPages(Controller):
@@ -38,36 +38,27 @@ class IdentityPages(Controller):
         session: NamedDependency[Session],
         reader: NamedDependency[AsyncEngine],
     ) -> Template:
-        params = request.query_params
-        form = read_form(params, LIST_FIELDS, ("changed_since", "changed_until"))
-        after = params.get("after") or None
-        rows: list[dict[str, Any]] = []
-        next_url = None
-        if not form.problems:
-            async with reader.connect() as conn:
-                found = await list_identities(
-                    conn,
-                    # Stored as Paxos sends them, in capitals: any case typed finds them.
-                    summary_status=form.typed["summary_status"].upper() or None,
-                    control_type=form.typed["control_type"].upper() or None,
-                    changed_since=form.times["changed_since"],
-                    changed_until=form.times["changed_until"],
-                    after=after,
-                    limit=PAGE_SIZE,
-                )
-            rows = found.rows
-            if found.more:
-                next_url = form.next_page("/ui/identities", rows[-1]["identity_id"])
-        return page(
-            "identities.html",
+        async def fetch(conn: AsyncConnection, form: Form, after: str | None) -> Page:
+            return await list_identities(
+                conn,
+                # Stored as Paxos sends them, in capitals: any case typed finds them.
+                summary_status=form.typed["summary_status"].upper() or None,
+                control_type=form.typed["control_type"].upper() or None,
+                changed_since=form.times["changed_since"],
+                changed_until=form.times["changed_until"],
+                after=after,
+                limit=PAGE_SIZE,
+            )
+
+        return await list_page(
+            request.query_params,
             session,
-            status_code=400 if form.problems else 200,
+            reader,
             nav="identities",
-            form=form,
-            rows=rows,
-            next_url=next_url,
-            first_page=after is None,
+            fields=LIST_FIELDS,
+            id_key="identity_id",
             statuses=SUMMARY_STATUSES,
+            fetch=fetch,
         )
 
     @get("/{identity_id:str}")

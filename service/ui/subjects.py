@@ -4,22 +4,28 @@ history as a timeline (time travel: service/store/projections/history.py)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from litestar.datastructures import MultiDict
-from sqlalchemy.ext.asyncio import AsyncConnection
+from litestar.response import Template
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.domain.event import Key
 from service.store.projections import history as time_travel
+from service.store.projections import read
 from service.ui.forms import as_rfc3339
+from service.ui.pages import page
+from service.ui.session import Session
 from service.ui.timeline import describe
 from service.web.subscription_rules import parse_time
 
 TIMELINE_PAGE = 100
 AS_OF_FIELDS = ("as_of", "known_at")
+CHANGED = ("changed_since", "changed_until")  # the list pages' time range
 
 
 @dataclass
@@ -60,6 +66,43 @@ def read_form(params: MultiDict[Any], names: tuple[str, ...], times: tuple[str, 
         else:
             form.times[name] = parsed
     return form
+
+
+async def list_page(
+    params: MultiDict[Any],
+    session: Session,
+    reader: AsyncEngine,
+    *,
+    nav: str,
+    fields: tuple[str, ...],
+    id_key: str,
+    statuses: tuple[str, ...],
+    fetch: Callable[[AsyncConnection, Form, str | None], Awaitable[read.Page]],
+) -> Template:
+    """A list page (`/ui/{nav}`, template `{nav}.html`): its filter form (`fields`, the time
+    range among them), a page of rows as `fetch` finds them after the row `after`, keyset
+    paged by `id_key`; 400 with the form's problems and no rows."""
+    form = read_form(params, fields, CHANGED)
+    after = params.get("after") or None
+    rows: list[dict[str, Any]] = []
+    next_url = None
+    if not form.problems:
+        async with reader.connect() as conn:
+            found = await fetch(conn, form, after)
+        rows = found.rows
+        if found.more:
+            next_url = form.next_page(f"/ui/{nav}", rows[-1][id_key])
+    return page(
+        f"{nav}.html",
+        session,
+        status_code=400 if form.problems else 200,
+        nav=nav,
+        form=form,
+        rows=rows,
+        next_url=next_url,
+        first_page=after is None,
+        statuses=statuses,
+    )
 
 
 def encode_key(key: Key) -> str:

@@ -10,17 +10,17 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Template
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.store.console import transfer_events
-from service.store.projections.read import get_transfer, list_transfers
+from service.store.projections.read import Page, get_transfer, list_transfers
 from service.ui.errors import ConsoleError
 from service.ui.pages import PAGE_SIZE, page
 from service.ui.session import Session
-from service.ui.subjects import read_form, travel
+from service.ui.subjects import CHANGED, Form, list_page, travel
 
 TRANSFER_STATUSES = ("PENDING", "COMPLETED", "FAILED")
-LIST_FIELDS = ("status", "type", "profile_id", "changed_since", "changed_until")
+LIST_FIELDS = ("status", "type", "profile_id", *CHANGED)
 
 
 class TransferPages(Controller):
@@ -33,39 +33,30 @@ class TransferPages(Controller):
         session: NamedDependency[Session],
         reader: NamedDependency[AsyncEngine],
     ) -> Template:
-        params = request.query_params
-        form = read_form(params, LIST_FIELDS, ("changed_since", "changed_until"))
-        after = params.get("after") or None
-        rows: list[dict[str, Any]] = []
-        next_url = None
-        if not form.problems:
-            async with reader.connect() as conn:
-                found = await list_transfers(
-                    conn,
-                    filters={
-                        # Stored as Paxos sends them, in capitals: any case typed finds them.
-                        "status": form.typed["status"].upper() or None,
-                        "type": form.typed["type"].upper() or None,
-                        "profile_id": form.typed["profile_id"] or None,
-                    },
-                    changed_since=form.times["changed_since"],
-                    changed_until=form.times["changed_until"],
-                    after=after,
-                    limit=PAGE_SIZE,
-                )
-            rows = found.rows
-            if found.more:
-                next_url = form.next_page("/ui/transfers", rows[-1]["transfer_id"])
-        return page(
-            "transfers.html",
+        async def fetch(conn: AsyncConnection, form: Form, after: str | None) -> Page:
+            return await list_transfers(
+                conn,
+                filters={
+                    # Stored as Paxos sends them, in capitals: any case typed finds them.
+                    "status": form.typed["status"].upper() or None,
+                    "type": form.typed["type"].upper() or None,
+                    "profile_id": form.typed["profile_id"] or None,
+                },
+                changed_since=form.times["changed_since"],
+                changed_until=form.times["changed_until"],
+                after=after,
+                limit=PAGE_SIZE,
+            )
+
+        return await list_page(
+            request.query_params,
             session,
-            status_code=400 if form.problems else 200,
+            reader,
             nav="transfers",
-            form=form,
-            rows=rows,
-            next_url=next_url,
-            first_page=after is None,
+            fields=LIST_FIELDS,
+            id_key="transfer_id",
             statuses=TRANSFER_STATUSES,
+            fetch=fetch,
         )
 
     @get("/{transfer_id:str}")
