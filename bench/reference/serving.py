@@ -10,7 +10,8 @@ SERVER is one of:
 - `granian`: granian (Rust HTTP/1.1), one worker, uvloop, no access log.
 FACTORY takes no argument and reads its settings from the environment (HOST, PORT, ...);
 `bench.reference.serving:service_app` is the service's own app (as `serve --no-background`
-builds it, on a migrated DATABASE_URL).
+builds it, on a migrated DATABASE_URL, its startup's objects frozen out of the garbage
+collector as `serve` freezes them); the references are left as a minimal consumer has them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ def service_app() -> Any:
     from service.app import create_app
     from service.settings import Settings
     from service.telemetry.logs import configure
+    from service.web.serving import freeze_survivors
 
     settings = Settings.from_env(os.environ)
     settings.check()
     configure(settings.log_level, settings.log_format)
-    return create_app(settings, background=False)
+    app = create_app(settings, background=False)
+    freeze_survivors()  # as `serve` does once started (here: before the lifespan's pools)
+    return app
 
 
 def ceiling_app() -> Any:

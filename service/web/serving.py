@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 import threading
@@ -232,6 +233,20 @@ class Server(uvicorn.Server):
         finally:
             for sig, handler in originals.items():
                 signal.signal(sig, handler)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        freeze_survivors()
+
+
+def freeze_survivors() -> None:
+    """Leave what startup made (modules, routes, pools: about 150,000 objects) out of every
+    later garbage collection: it lives as long as the process. Without this, each full
+    collection under load walked all of it and stopped the event loop for ~90 ms, every few
+    seconds at 8,000 webhooks/s, stalling every request in flight (intake p99 60-70 ms against
+    a p50 of 7; with it 13 ms: bench/README.md, 2026-12-05)."""
+    gc.collect()
+    gc.freeze()
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
