@@ -29,8 +29,8 @@ import gc
 import signal
 import socket
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, cast
 
 import structlog
 import uvicorn
@@ -65,6 +65,44 @@ REQUEST_TIMEOUT = _plain_response(b"408 Request Timeout", b"request not received
 HEADERS_TOO_LARGE = _plain_response(
     b"431 Request Header Fields Too Large", b"request headers too large\n"
 )
+
+
+class OneSendPerTurn:
+    """A connection's transport whose writes within one turn of the event loop leave in one
+    `send()`: uvicorn writes an answer's head and its body separately, two system calls and
+    two TCP segments for every answer (22% of `serve`'s samples under intake load, 2026-12-05).
+    What is written is sent once the current turn's callbacks have run, or at `close`."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -106,7 +144,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, OneSendPerTurn(transport, self.loop)))
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
