@@ -43,8 +43,8 @@ servers (a warning says so), and only a quiet machine gives figures worth publis
 
 Results go to stdout as a table and to bench/results/ingest.json. The databases are on the
 embedded server under .data/bench unless BENCH_DATABASE_URL names another server (databases
-`bench_ingest`, `bench_ref_group`, `bench_ref_request` are created on it, and dropped at the
-end).
+`bench_ingest`, `bench_ingest_baseline`, `bench_ref_group`, `bench_ref_request` are created on
+it, one per contender, and dropped at the end).
 """
 
 from __future__ import annotations
@@ -82,9 +82,12 @@ ROOT = Path(__file__).resolve().parent.parent
 WRK_DIR = ROOT / "bench" / "wrk"
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 BENCH_DATABASE = "bench_ingest"
+# `baseline` writes its own database, migrated by this checkout as `serve`'s is: were it to
+# share `serve`'s, each would store into a journal twice the size the references' hold.
+BASELINE_DATABASE = "bench_ingest_baseline"
 # The reference consumers' databases: one table each (bench.reference.common.TABLE).
 REFERENCE_DATABASES = {"ref-group": "bench_ref_group", "ref-request": "bench_ref_request"}
-DATABASES = (BENCH_DATABASE, *REFERENCE_DATABASES.values())
+DATABASES = (BENCH_DATABASE, BASELINE_DATABASE, *REFERENCE_DATABASES.values())
 API_KEY = "bench-api-key-00001"
 API_KEY_HEADER = "X-Api-Key"
 READ_TOKEN = "bench-read-token"
@@ -229,6 +232,7 @@ async def recreate_database(admin_url: str) -> dict[str, str]:
     """Drop and create the bench databases (the service's migrated, the references' empty:
     each creates its table), and return the server's settings."""
     await database.recreate(admin_url, BENCH_DATABASE)
+    await database.recreate(admin_url, BASELINE_DATABASE)
     admin = await asyncpg.connect(plain_url(with_database(admin_url, "postgres")))
     try:
         for name in REFERENCE_DATABASES.values():
@@ -814,7 +818,9 @@ def contender(name: str, baseline: Path | None = None) -> Contender:
     return Contender(
         name=name,
         argv=argv,
-        database=BENCH_DATABASE if is_service else REFERENCE_DATABASES.get(kind),
+        database={"serve": BENCH_DATABASE, "baseline": BASELINE_DATABASE}.get(
+            kind, REFERENCE_DATABASES.get(kind)
+        ),
         table="events" if is_service else "webhooks",
         # Another checkout's migrations may not be the database's: it only needs to be live.
         ready_path={"serve": "/health/ready", "baseline": "/health/live"}.get(kind, INTAKE_PATH),
