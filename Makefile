@@ -92,8 +92,9 @@ bench-push: $(DEV_STAMP) ## Push delivery to a receiver answering in 10 ms: thro
 bench-asof: $(DEV_STAMP) ## as_of and history on a 10,000,000-event journal (needs ~40 GB free; drops its database)
 	$(BIN)/python -m bench.asof
 
-bench-growth: $(DEV_STAMP) ## The figures at 1,000,000 and 10,000,000 events, and bytes per event (~30 GB free; about an hour)
-	$(BIN)/python -m bench.growth
+bench-growth: $(DEV_STAMP) ## The figures at 1,000,000 and 10,000,000 events, once then in alternating rounds, and bytes per event (~30 GB free; about an hour)
+	$(BIN)/python -m bench.growth --keep
+	$(BIN)/python -m bench.growth --alternate 3
 
 bench-storage: $(DEV_STAMP) ## Bytes per event and every read path before and after migration 0018 (1,000,000 events)
 	$(BIN)/python -m bench.storage

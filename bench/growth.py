@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.growth --small 100000 --large 200000 --runs 20   # a quick try
     .venv/bin/python -m bench.growth --keep           # keep the database (bench_growth)
     .venv/bin/python -m bench.growth --keep --resume --large 3000000   # grow what --keep left
-    .venv/bin/python -m bench.growth --alternate 2    # queries, rebuild: 1M and that, in turns
+    .venv/bin/python -m bench.growth --alternate 3    # then 1M and that, in turns; drops both
+    .venv/bin/python -m bench.growth --report         # the last alternating run's figures again
 
 One database, loaded by SQL (`INSERT .. SELECT generate_series`, chunks of 100,000 events,
 the schema's real indexes kept up to date as a live journal's are): events arrive at the same
@@ -41,7 +42,8 @@ by `--resume`, which measures at `--large` what the first run measured at `--sma
 anything it had not measured there yet. On a shared machine the load differs from one size's
 measurement to the other's: `--alternate N` runs the query cases, the rebuild and the export
 on a database of `--small` events and on the kept one in turns, N rounds
-(bench/results/growth-alternating.json).
+(bench/results/growth-alternating.json), and judges the targets on the median of the rounds:
+the figure of record (`make bench-growth` runs both).
 """
 
 from __future__ import annotations
@@ -492,11 +494,12 @@ async def unsealed(url: str) -> None:
         await engine.dispose()
 
 
-async def alternate(server: str, small: int, runs: int, rounds: int) -> None:
+async def alternate(server: str, small: int, runs: int, rounds: int, keep: bool) -> None:
     """The query cases, the rebuild and the export on a database of `small` events and on
     the one a `--keep` run left (bench_growth), taking turns `rounds` times: one machine, one
     hour, so the load others put on the machine falls on both alike. Loads the small one
-    (`bench_growth_small`) unless it holds `small` events; keeps both."""
+    (`bench_growth_small`) unless it holds `small` events; drops both at the end unless
+    `keep`."""
     large_url, kept = await kept_or_recreated(server, DATABASE, reuse=True)
     if not kept:
         raise SystemExit(f"no {DATABASE}: run with --keep first")
@@ -532,6 +535,9 @@ async def alternate(server: str, small: int, runs: int, rounds: int) -> None:
     ALTERNATING.write_text(
         json.dumps({"machine": query.machine(), "rounds": taken}, indent=2) + "\n"
     )
+    if not keep:
+        for name in (DATABASE, f"{DATABASE}_small"):
+            await drop(server, name)
     print("\n".join(alternating_report(taken)))
     print(f"\nwritten to {ALTERNATING.relative_to(ROOT)}")
 
@@ -674,6 +680,6 @@ if __name__ == "__main__":
     if args.report:
         print("\n".join(alternating_report(json.loads(ALTERNATING.read_text())["rounds"])))
     elif args.alternate:
-        asyncio.run(alternate(server_url(), args.small, args.runs, args.alternate))
+        asyncio.run(alternate(server_url(), args.small, args.runs, args.alternate, args.keep))
     else:
         asyncio.run(main(args.small, args.large, args.runs, args.keep, args.resume, server_url()))
