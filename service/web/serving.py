@@ -19,6 +19,10 @@ throttle counts against, nor make the service believe it came over HTTPS.
 
 What every answer and body shares, whatever serves the app (uvicorn, or ASGI in tests): the
 body limits, and HSTS over HTTPS (`strict_transport_security`).
+
+Two things for speed under intake load (bench/README.md, 2026-12-05): an answer's head and
+body leave in one `send()` (`OneSendPerTurn`), and once started the server freezes what
+startup made out of the garbage collector (`freeze_survivors`).
 """
 
 from __future__ import annotations
