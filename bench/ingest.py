@@ -22,7 +22,11 @@ all served by the ASGI server of `serve`, and measures:
     process group's own CPU time (/proc/<pid>/stat) divided by what it stored: where the
     ratio goes even when the machine is not quiet.
 (b) ceiling/s: the same load against `bench.ceiling`: what the path costs without the store.
-(c) ratio serve/ceiling (target >= 0.8): the share of the ceiling the durable path keeps.
+(c) ratio serve/ceiling: the share of the ceiling the durable path keeps, beside
+    ref-group/ceiling, the share a minimal consumer that stores keeps. Reported, no longer
+    a target: its 0.8 (set when the ceiling answered ~7,400/s, 2026-11-27) is out of reach of
+    any consumer that stores at 25,000/s, 39 us an answer (ref-group kept 0.42, 2026-12-05);
+    the references are the store's yardsticks (#20).
 (d) duplicates/s: the same notification over and over (Paxos retrying), against serve;
     each answer is "duplicate" and bumps a counter on one row.
 (e) p50 / p99 latency at a steady 100 requests/s (new ids), measured by a paced open-loop
@@ -93,7 +97,6 @@ API_KEY_HEADER = "X-Api-Key"
 READ_TOKEN = "bench-read-token"
 INTAKE_PATH = "/webhooks/paxos"
 
-TARGET_RATIO = 0.8
 # Issue #20: the service against the references, stored/s medians of one run.
 TARGET_VS_GROUP = 0.9
 TARGET_VS_REQUEST = 2.0
@@ -1051,8 +1054,6 @@ def table_rows(m: Measured, rate: float) -> list[Row]:
     for other in m.names[1:]:
         kind = other.partition("@")[0]
         target = {"ref-group": TARGET_VS_GROUP, "ref-request": TARGET_VS_REQUEST}.get(kind)
-        if kind == "ceiling":
-            target = TARGET_RATIO
         ratios = m.ratios(serve, other)
         rows.append(
             Row(
@@ -1062,6 +1063,15 @@ def table_rows(m: Measured, rate: float) -> list[Row]:
                 verdict(median(ratios) >= target)
                 if target and other.partition("@")[2] == ""
                 else "info",
+            )
+        )
+    if "ceiling" in m.names and "ref-group" in m.names:
+        rows.append(
+            Row(
+                "    ref-group / ceiling: what a consumer that stores keeps",
+                spread(m.ratios("ref-group", "ceiling"), ".2f"),
+                "",
+                "info",
             )
         )
     rows += [
