@@ -19,7 +19,7 @@ from service.store.projections.read import Page, get_identity, list_identities
 from service.ui.errors import ConsoleError
 from service.ui.pages import PAGE_SIZE, page
 from service.ui.session import Session
-from service.ui.subjects import CHANGED, Form, list_page, travel
+from service.ui.subjects import CHANGED, Form, Window, list_page, travel
 from service.web.cursor import encode_cursor
 from service.web.problems import InvalidParameter
 from service.web.query import parse_query
@@ -38,16 +38,13 @@ class IdentityPages(Controller):
         session: NamedDependency[Session],
         reader: NamedDependency[AsyncEngine],
     ) -> Template:
-        async def fetch(conn: AsyncConnection, form: Form, after: str | None) -> Page:
+        async def fetch(conn: AsyncConnection, form: Form, window: Window) -> Page:
             return await list_identities(
                 conn,
                 # Stored as Paxos sends them, in capitals: any case typed finds them.
                 summary_status=form.typed["summary_status"].upper() or None,
                 control_type=form.typed["control_type"].upper() or None,
-                changed_since=form.times["changed_since"],
-                changed_until=form.times["changed_until"],
-                after=after,
-                limit=PAGE_SIZE,
+                **window,
             )
 
         return await list_page(

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlencode
 
 from litestar.datastructures import MultiDict
@@ -18,7 +18,7 @@ from service.domain.event import Key
 from service.store.projections import history as time_travel
 from service.store.projections import read
 from service.ui.forms import as_rfc3339
-from service.ui.pages import page
+from service.ui.pages import PAGE_SIZE, page
 from service.ui.session import Session
 from service.ui.timeline import describe
 from service.web.subscription_rules import parse_time
@@ -68,6 +68,16 @@ def read_form(params: MultiDict[Any], names: tuple[str, ...], times: tuple[str, 
     return form
 
 
+class Window(TypedDict):
+    """What every list page asks of its rows besides its own filters: the time range of their
+    last change, and the page (after the row `after`)."""
+
+    changed_since: datetime | None
+    changed_until: datetime | None
+    after: str | None
+    limit: int
+
+
 async def list_page(
     params: MultiDict[Any],
     session: Session,
@@ -77,18 +87,24 @@ async def list_page(
     fields: tuple[str, ...],
     id_key: str,
     statuses: tuple[str, ...],
-    fetch: Callable[[AsyncConnection, Form, str | None], Awaitable[read.Page]],
+    fetch: Callable[[AsyncConnection, Form, Window], Awaitable[read.Page]],
 ) -> Template:
     """A list page (`/ui/{nav}`, template `{nav}.html`): its filter form (`fields`, the time
-    range among them), a page of rows as `fetch` finds them after the row `after`, keyset
-    paged by `id_key`; 400 with the form's problems and no rows."""
+    range among them), a page of rows as `fetch` finds them by the form's own filters within
+    the `Window`, keyset paged by `id_key`; 400 with the form's problems and no rows."""
     form = read_form(params, fields, CHANGED)
     after = params.get("after") or None
     rows: list[dict[str, Any]] = []
     next_url = None
     if not form.problems:
+        window = Window(
+            changed_since=form.times["changed_since"],
+            changed_until=form.times["changed_until"],
+            after=after,
+            limit=PAGE_SIZE,
+        )
         async with reader.connect() as conn:
-            found = await fetch(conn, form, after)
+            found = await fetch(conn, form, window)
         rows = found.rows
         if found.more:
             next_url = form.next_page(f"/ui/{nav}", rows[-1][id_key])

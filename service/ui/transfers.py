@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.store.console import transfer_events
 from service.store.projections.read import Page, get_transfer, list_transfers
 from service.ui.errors import ConsoleError
-from service.ui.pages import PAGE_SIZE, page
+from service.ui.pages import page
 from service.ui.session import Session
-from service.ui.subjects import CHANGED, Form, list_page, travel
+from service.ui.subjects import CHANGED, Form, Window, list_page, travel
 
 TRANSFER_STATUSES = ("PENDING", "COMPLETED", "FAILED")
 LIST_FIELDS = ("status", "type", "profile_id", *CHANGED)
@@ -33,7 +33,7 @@ class TransferPages(Controller):
         session: NamedDependency[Session],
         reader: NamedDependency[AsyncEngine],
     ) -> Template:
-        async def fetch(conn: AsyncConnection, form: Form, after: str | None) -> Page:
+        async def fetch(conn: AsyncConnection, form: Form, window: Window) -> Page:
             return await list_transfers(
                 conn,
                 filters={
@@ -42,10 +42,7 @@ class TransferPages(Controller):
                     "type": form.typed["type"].upper() or None,
                     "profile_id": form.typed["profile_id"] or None,
                 },
-                changed_since=form.times["changed_since"],
-                changed_until=form.times["changed_until"],
-                after=after,
-                limit=PAGE_SIZE,
+                **window,
             )
 
         return await list_page(
